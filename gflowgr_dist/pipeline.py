@@ -1,0 +1,106 @@
+"""The stages of a run, each reading the previous stage's files under `run.output_dir`.
+
+    prepare   raw source -> data/ (Parquet: interactions, items, users, splits; meta.json)
+    tokenize  data/ -> semantic_ids/ (sid_table.parquet, semantic_ids.json)
+
+`run_all` chains the stages; it is what the README's first command runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from gflowgr_dist.config import Config
+
+logger = logging.getLogger(__name__)
+
+
+def data_dir(cfg: Config) -> Path:
+    return cfg.run.output_dir / "data"
+
+
+def sid_dir(cfg: Config) -> Path:
+    return cfg.run.output_dir / "semantic_ids"
+
+
+def prepare(cfg: Config) -> dict[str, Any]:
+    """Loads the configured source, splits it, writes data/ and returns its statistics."""
+    from gflowgr_dist.data import load_dataset
+    from gflowgr_dist.data.split import leave_one_out
+    from gflowgr_dist.data.stats import dataset_stats
+    from gflowgr_dist.data.store import write_prepared
+
+    start = time.perf_counter()
+    dataset = load_dataset(cfg.data, cfg.run.seed)
+    splits = leave_one_out(dataset, cfg.data.max_history)
+    stats = dataset_stats(dataset, splits)
+    meta = {
+        "stats": stats,
+        "split": {
+            "rule": "leave-one-out in time order; ties broken by item id",
+            "max_history": cfg.data.max_history,
+        },
+        "data_config": cfg.data.model_dump(mode="json"),
+    }
+    folder = write_prepared(data_dir(cfg), dataset, splits, meta)
+    logger.info("prepared %s in %.1fs -> %s", dataset.name, time.perf_counter() - start, folder)
+    return stats
+
+
+def tokenize(cfg: Config) -> dict[str, Any]:
+    """Builds semantic IDs for the prepared items, writes semantic_ids/ and returns statistics."""
+    from gflowgr_dist.data.store import read_prepared
+    from gflowgr_dist.semantic_ids import build_semantic_ids
+    from gflowgr_dist.semantic_ids.embed import encoder_name
+    from gflowgr_dist.semantic_ids.trie import SidTrie
+
+    start = time.perf_counter()
+    dataset, _, _ = read_prepared(data_dir(cfg))
+    cache = cfg.run.output_dir / "cache" / f"embeddings-{encoder_name(cfg.embedding)}.parquet"
+    table, stats = build_semantic_ids(
+        dataset,
+        cfg.semantic_ids,
+        cfg.embedding,
+        seed=cfg.run.seed,
+        cache=cache,
+        progress=cfg.logging.progress,
+    )
+    trie = SidTrie(table.codes, table.codebook_sizes)
+    stats["trie_branching"] = trie.branching()
+    stats["shared_id_examples"] = [
+        {"sid": table.sid_string(g[0]), "items": [dataset.item_ids[i] for i in g]}
+        for g in table.shared_groups()[:20]
+    ]
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    encoder = None if table.method == "external" else encoder_name(cfg.embedding)
+    table.save(sid_dir(cfg), extra={"encoder": encoder, "stats": stats})
+    logger.info("tokenized %d items in %.1fs", table.num_items, stats["seconds"])
+    return stats
+
+
+def format_sid_stats(stats: dict[str, Any]) -> str:
+    util = " ".join(f"{u:.0%}" for u in stats["utilisation"])
+    lines = [
+        f"levels        {stats['levels']} x {stats['codebook_sizes']}",
+        f"unique IDs    {stats['unique_ids']:,} for {stats['items']:,} items",
+        f"utilisation   {util} (per level)",
+        f"trie fan-out  {stats['trie_branching']} (max children per level)",
+    ]
+    before = stats.get("before_dedup")
+    if before:
+        lines.append(
+            f"collisions    {before['collision_rate']:.2%} of items before dedup "
+            f"({before['items_in_collisions']} items, largest group {before['largest_group']})"
+        )
+    lines.append(
+        f"shared IDs    {stats['shared_id_groups']} groups, {stats['items_sharing_an_id']} items"
+    )
+    return "\n".join(lines)
+
+
+def run_all(cfg: Config) -> dict[str, Any]:
+    """The main job: every stage in order; returns each stage's statistics by name."""
+    return {"data": prepare(cfg), "semantic_ids": tokenize(cfg)}
