@@ -36,6 +36,7 @@ GROUPLENS_GENRES = (
     "Film-Noir Horror Musical Mystery Romance Sci-Fi Thriller War Western"
 ).split()
 
+_GROUPLENS_DATA = ("user_id", "item_id", "rating", "timestamp")
 _YEAR = re.compile(r"\s*\((\d{4})\)\s*$")
 
 
@@ -147,7 +148,7 @@ def _load_grouplens(folder: Path) -> RecDataset:
                     f"{str(data_path)!r} line {line_no}: expected 4 fields "
                     f"(user item rating timestamp), got {len(fields)}"
                 )
-            rows.append(dict(zip(["user_id", "item_id", "rating", "timestamp"], fields)))
+            rows.append(dict(zip(_GROUPLENS_DATA, fields, strict=True)))
     users, items, ratings, stamps = _interaction_columns(rows, data_path)
     item_ids, titles, texts = _grouplens_items(item_path, _grouplens_genres(folder))
     return build_dataset(

@@ -94,8 +94,8 @@ def build_dataset(
     """Maps raw ids to dense ids, sorts the log, and checks the result.
 
     Users are numbered by sorted raw id (numerically when every id is an integer), so the
-    numbering does not depend on file order; items follow `item_ids`, which must list every item the log
-    names.
+    numbering does not depend on file order; items follow `item_ids`, which must list every
+    item the log names.
 
     Raises:
         DataError: the log names an item absent from `item_ids`, or lengths disagree.

@@ -92,9 +92,9 @@ def leave_one_out(dataset: RecDataset, max_history: int) -> Splits:
     valid_users = np.flatnonzero(lengths >= 3)
     test_users = np.flatnonzero(lengths >= 2)
     users = np.concatenate([train_users, valid_users, test_users]).astype(np.int64)
-    target = np.concatenate(
-        [train_pos, lengths[valid_users] - 2, lengths[test_users] - 1]
-    ).astype(np.int64)
+    target = np.concatenate([train_pos, lengths[valid_users] - 2, lengths[test_users] - 1]).astype(
+        np.int64
+    )
     split = np.concatenate(
         [
             np.zeros(len(train_users), np.int8),
@@ -115,9 +115,7 @@ def leave_one_out(dataset: RecDataset, max_history: int) -> Splits:
     )
 
 
-def example_items(
-    dataset: RecDataset, splits: Splits, index: int
-) -> tuple[np.ndarray, int]:
+def example_items(dataset: RecDataset, splits: Splits, index: int) -> tuple[np.ndarray, int]:
     """(history items [h], target item) of one example; for tests and inspection."""
     offsets = dataset.user_offsets()
     base = offsets[splits.users[index]]

@@ -32,9 +32,7 @@ from gflowgr_dist.errors import DataError
 FILES = ("interactions.parquet", "items.parquet", "users.parquet", "splits.parquet", "meta.json")
 
 
-def write_prepared(
-    folder: Path, dataset: RecDataset, splits: Splits, meta: dict[str, Any]
-) -> Path:
+def write_prepared(folder: Path, dataset: RecDataset, splits: Splits, meta: dict[str, Any]) -> Path:
     """Writes the dataset and its splits atomically into `folder` (replacing an older one)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -49,9 +49,7 @@ def hashing_embed(texts: list[str], dim: int) -> np.ndarray:
     return out / np.maximum(norms, 1e-12)
 
 
-def minilm_embed(
-    texts: list[str], *, batch_size: int, device: str, progress: bool
-) -> np.ndarray:
+def minilm_embed(texts: list[str], *, batch_size: int, device: str, progress: bool) -> np.ndarray:
     """all-MiniLM-L6-v2 sentence embeddings, [N, 384] float32, L2-normalised."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

@@ -1,0 +1,39 @@
+# Set-up and entry points. `make demo` and `make test` are the README's first two commands: on a
+# fresh machine each creates .venv (CPU torch first, the package, the ML-100K data wheel) if it
+# is missing or older than pyproject.toml, then runs.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines: pin the CPU build before anything can pull a multi-GB CUDA one. On a GPU machine
+# use `make TORCH= ...` and the vllm extra instead (see README).
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint format clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(if $(TORCH),$(BIN)/pip install -q --disable-pip-version-check '$(TORCH)')
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
+	# ML-100K ships inside the recbole wheel; --no-deps keeps its old pins (ray<=2.6) out.
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps recbole==1.2.1
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/gflowgr run --config configs/ml100k.yaml
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache
