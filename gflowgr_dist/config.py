@@ -157,6 +157,91 @@ class SemanticIdConfig(_Section):
         return self
 
 
+class ModelConfig(_Section):
+    """The generative backbone."""
+
+    arch: Literal["decoder", "t5", "pretrained"] = Field(
+        "decoder",
+        description="decoder: Llama from scratch; t5: T5 encoder-decoder from scratch; "
+        "pretrained: a local HF causal LM with SID tokens added.",
+    )
+    preset: Literal["tiny", "small", "base", "tiger"] = Field(
+        "small", description="Size preset; the fields below override single dimensions."
+    )
+    hidden_size: int | None = Field(None, ge=8, le=16_384)
+    num_layers: int | None = Field(None, ge=1, le=128)
+    num_heads: int | None = Field(None, ge=1, le=128)
+    num_kv_heads: int | None = Field(None, ge=1, le=128)
+    intermediate_size: int | None = Field(None, ge=8, le=65_536)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    tie_embeddings: bool = True
+    user_tokens: int = Field(0, ge=0, le=1_000_000, description="Hashed user buckets (0 = off).")
+    pretrained_path: Path | None = Field(None, description="pretrained: local model folder.")
+    gguf_file: str | None = Field(None, description="pretrained: GGUF file inside the folder.")
+    lora_rank: int = Field(0, ge=0, le=1024, description="pretrained: LoRA rank (0 = full).")
+    lora_alpha: int = Field(16, ge=1)
+    lora_targets: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.hidden_size and self.num_heads and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"
+            )
+        if self.arch == "pretrained" and self.pretrained_path is None:
+            raise ValueError("arch='pretrained' needs model.pretrained_path")
+        return self
+
+
+class TrainConfig(_Section):
+    """Supervised fine-tuning (next-token cross-entropy on the target semantic ID)."""
+
+    epochs: int = Field(30, ge=1, le=10_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.01, ge=0.0, le=1.0)
+    warmup_ratio: float = Field(0.02, ge=0.0, lt=1.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    window_stride: int = Field(
+        5, ge=1, description="decoder: items trained per window (1 = one example per window)."
+    )
+    patience: int = Field(3, ge=1, description="Evaluations without a better val NDCG@10.")
+    eval_every: int = Field(1, ge=1, description="Evaluate every this many epochs.")
+    max_eval_users: int | None = Field(
+        None, ge=1, description="Validate on a fixed random subset of users (None = all)."
+    )
+    log_every: int = Field(50, ge=1, description="Optimizer steps between log lines.")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None = auto).")
+    max_minutes: float | None = Field(None, gt=0, description="Stop training after this long.")
+
+
+class EvalConfig(_Section):
+    """Full-ranking evaluation."""
+
+    ranker: Literal["beam", "exact"] = Field(
+        "beam", description="beam: trie-constrained beam search; exact: score every item."
+    )
+    beam_width: int = Field(20, ge=1, le=4096)
+    ks: list[int] = Field(default_factory=lambda: [1, 5, 10, 20])
+    batch_size: int = Field(64, ge=1, le=65_536)
+    exclude_history: bool = Field(
+        False, description="Drop items the user already has from the ranking (off: TIGER)."
+    )
+
+    @model_validator(mode="after")
+    def _beam_covers_k(self) -> EvalConfig:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError(f"ks={self.ks} must be a non-empty list of positive cut-offs")
+        if self.ranker == "beam" and self.beam_width < max(self.ks):
+            raise ValueError(
+                f"beam_width={self.beam_width} is below the largest cut-off max(ks)="
+                f"{max(self.ks)}; beam search returns at most beam_width items"
+            )
+        return self
+
+
 class LoggingConfig(_Section):
     """Where logs and metrics go."""
 
@@ -171,6 +256,9 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     semantic_ids: SemanticIdConfig = Field(default_factory=SemanticIdConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")

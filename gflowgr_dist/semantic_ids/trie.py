@@ -103,6 +103,13 @@ class SidTrie:
         index = self.leaf_sid[nodes.clamp(min=0)]
         return torch.where(nodes >= 0, index, torch.full_like(index, -1))
 
+    def edges(self, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(parent node, code) of every depth-(level+1) node, in node-id order, each [N_{l+1}]."""
+        table = self.children[level]
+        parent, code = torch.nonzero(table >= 0, as_tuple=True)
+        order = torch.argsort(table[parent, code].long())
+        return parent[order], code[order]
+
     def branching(self) -> list[int]:
         """Largest number of children of any node, per level."""
         return [int((table >= 0).sum(dim=1).max()) for table in self.children]
