@@ -3,6 +3,9 @@
     gflowgr run      --config configs/ml100k.yaml [--set key=value ...] [--dry-run]
     gflowgr prepare  ...   load + split the data into Parquet
     gflowgr tokenize ...   semantic IDs for the prepared items
+    gflowgr sft      ...   train the backbone (SFT) and evaluate it on test
+    gflowgr evaluate ...   full-ranking evaluation of a checkpoint
+    gflowgr bench decode   our beam search vs transformers generate, and vs exact scoring
 
 Errors a user can cause (bad config, missing or malformed files) are printed as one message
 without a traceback, and the command exits with status 2.
@@ -14,6 +17,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from gflowgr_dist.config import Config, load_config
@@ -37,29 +41,83 @@ def _print_sids(cfg: Config, stats: dict[str, Any]) -> None:
     print(format_sid_stats(stats))
 
 
-def cmd_prepare(cfg: Config) -> None:
+def cmd_prepare(cfg: Config, args: argparse.Namespace) -> None:
     from gflowgr_dist.pipeline import prepare
 
     _print_data(cfg, prepare(cfg))
 
 
-def cmd_tokenize(cfg: Config) -> None:
+def cmd_tokenize(cfg: Config, args: argparse.Namespace) -> None:
     from gflowgr_dist.pipeline import tokenize
 
     _print_sids(cfg, tokenize(cfg))
 
 
-def cmd_run(cfg: Config) -> None:
-    from gflowgr_dist.pipeline import prepare, tokenize
+def _print_sft(cfg: Config, summary: dict[str, Any]) -> None:
+    from gflowgr_dist.eval.evaluate import format_header, format_row
+    from gflowgr_dist.pipeline import sft_dir
+
+    train = summary["train"]
+    print(f"== SFT {cfg.model.arch} -> {sft_dir(cfg)}")
+    print(
+        f"parameters {train['parameters']:,}; {train['epochs']} epochs at "
+        f"{train['seconds_per_epoch']:.1f}s; best val NDCG@10 {train['best_val_ndcg@10']:.4f} "
+        f"(epoch {train['best_epoch']})"
+    )
+    print(format_header())
+    print(format_row(f"sft-{cfg.model.arch}", summary["test"]))
+
+
+def cmd_sft(cfg: Config, args: argparse.Namespace) -> None:
+    from gflowgr_dist.pipeline import sft
+
+    _print_sft(cfg, sft(cfg, resume=args.resume))
+
+
+def cmd_run(cfg: Config, args: argparse.Namespace) -> None:
+    from gflowgr_dist.pipeline import prepare, sft, tokenize
 
     _print_data(cfg, prepare(cfg))
     _print_sids(cfg, tokenize(cfg))
+    _print_sft(cfg, sft(cfg, resume=args.resume))
 
 
-COMMANDS: dict[str, tuple[Callable[[Config], None], str]] = {
+def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> None:
+    from gflowgr_dist.eval.evaluate import format_header, format_row
+    from gflowgr_dist.pipeline import evaluate_checkpoint, sft_dir
+
+    folder = args.checkpoint or sft_dir(cfg) / "best"
+    summary = evaluate_checkpoint(cfg, folder, split=args.split)
+    print(f"== {args.split} ({cfg.eval.ranker}, beam {cfg.eval.beam_width}) of {folder}")
+    print(format_header())
+    print(format_row(Path(folder).parent.name, summary))
+
+
+def cmd_bench(cfg: Config, args: argparse.Namespace) -> None:
+    from gflowgr_dist.bench.decode import bench_decode, format_bench
+    from gflowgr_dist.pipeline import data_dir, sft_dir
+
+    folder = args.checkpoint or sft_dir(cfg) / "best"
+    result = bench_decode(
+        folder,
+        data_dir(cfg),
+        users=args.users,
+        beam_width=cfg.eval.beam_width,
+        batch_size=args.batch_size,
+        with_exact=not args.no_exact,
+        seed=cfg.run.seed,
+    )
+    print(f"== bench decode: {folder}")
+    print(format_bench(result))
+
+
+COMMANDS: dict[str, tuple[Callable[..., None], str]] = {
     "run": (cmd_run, "run the whole pipeline (the README's main job)"),
     "prepare": (cmd_prepare, "load and split a dataset into Parquet"),
     "tokenize": (cmd_tokenize, "build semantic IDs for the prepared items"),
+    "sft": (cmd_sft, "train the backbone with SFT and evaluate it on test"),
+    "evaluate": (cmd_evaluate, "full-ranking evaluation of a checkpoint"),
+    "bench": (cmd_bench, "benchmarks: `bench decode` (beam search vs transformers generate)"),
 }
 
 
@@ -88,7 +146,34 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument(
             "--dry-run", action="store_true", help="print the resolved config and stop"
         )
+        _command_arguments(name, cmd)
     return parser
+
+
+def _command_arguments(name: str, cmd: argparse.ArgumentParser) -> None:
+    if name in ("run", "sft"):
+        cmd.add_argument("--resume", action="store_true", help="continue from sft-*/last")
+    if name in ("evaluate", "bench"):
+        cmd.add_argument(
+            "--checkpoint", type=Path, default=None, help="checkpoint folder (default: best SFT)"
+        )
+    if name == "evaluate":
+        cmd.add_argument("--split", choices=("valid", "test"), default="test")
+    if name == "bench":
+        cmd.add_argument("what", choices=("decode",), help="which benchmark")
+        cmd.add_argument("--users", type=_positive, default=200, help="test users to decode")
+        cmd.add_argument("--batch-size", type=_positive, default=16)
+        cmd.add_argument("--no-exact", action="store_true", help="skip exact scoring")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -103,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             datefmt="%H:%M:%S",
         )
-        COMMANDS[args.command][0](cfg)
+        COMMANDS[args.command][0](cfg, args)
     except GflowgrError as err:
         print(f"gflowgr {args.command}: error: {err}", file=sys.stderr)
         return 2

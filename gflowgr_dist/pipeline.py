@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -101,6 +102,43 @@ def format_sid_stats(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def sft_dir(cfg: Config) -> Path:
+    return cfg.run.output_dir / f"sft-{cfg.model.arch}"
+
+
+def sft(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
+    """Trains the configured backbone with SFT, then evaluates its best weights on test."""
+    from gflowgr_dist.data.store import read_prepared
+    from gflowgr_dist.semantic_ids.table import SemanticIdTable
+    from gflowgr_dist.train import checkpoint
+    from gflowgr_dist.train.sft import SftTrainer
+
+    dataset, splits, _ = read_prepared(data_dir(cfg))
+    table = SemanticIdTable.load(sid_dir(cfg))
+    out = sft_dir(cfg)
+    trainer = SftTrainer(cfg, dataset, splits, table, out)
+    fit = trainer.fit(resume=resume)
+    if (out / "best").exists():
+        trainer.model.load_state_dict(checkpoint.load_model(out / "best")[0].state_dict())
+    result = trainer.evaluate("test", per_user_path=out / "eval_test.parquet")
+    summary = {"train": fit, "test": result.summary}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def evaluate_checkpoint(cfg: Config, folder: Path, *, split: str = "test") -> dict[str, Any]:
+    """Evaluates a saved checkpoint on the prepared data; writes per-user Parquet beside it."""
+    from gflowgr_dist.data.store import read_prepared
+    from gflowgr_dist.train import checkpoint
+    from gflowgr_dist.train.sft import SftTrainer
+
+    model, vocab, table, _ = checkpoint.load_model(folder)
+    dataset, splits, _ = read_prepared(data_dir(cfg))
+    trainer = SftTrainer(cfg, dataset, splits, table, Path(folder).parent, model=model, vocab=vocab)
+    path = Path(folder).parent / f"eval_{split}_{cfg.eval.ranker}.parquet"
+    return trainer.evaluate(split, per_user_path=path).summary
+
+
 def run_all(cfg: Config) -> dict[str, Any]:
     """The main job: every stage in order; returns each stage's statistics by name."""
-    return {"data": prepare(cfg), "semantic_ids": tokenize(cfg)}
+    return {"data": prepare(cfg), "semantic_ids": tokenize(cfg), "sft": sft(cfg)}

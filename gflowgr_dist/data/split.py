@@ -121,3 +121,34 @@ def example_items(dataset: RecDataset, splits: Splits, index: int) -> tuple[np.n
     base = offsets[splits.users[index]]
     history = dataset.items[base + splits.history_start[index] : base + splits.target_index[index]]
     return history, int(dataset.items[base + splits.target_index[index]])
+
+
+def split_histories(
+    dataset: RecDataset, splits: Splits, split: str
+) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """Every example of one split, ready to rank.
+
+    Returns:
+        (users [U], capped histories (history_start .. target), targets [U],
+        full histories (every earlier item, for excluding already-seen items))
+    """
+    index = splits.select(split)
+    base = dataset.user_offsets()[splits.users[index]]  # [U]
+    begin = base + splits.history_start[index]
+    end = base + splits.target_index[index]
+    items = dataset.items
+    histories = [items[b:e] for b, e in zip(begin.tolist(), end.tolist(), strict=True)]
+    seen = [items[b:e] for b, e in zip(base.tolist(), end.tolist(), strict=True)]
+    return splits.users[index], histories, items[end], seen
+
+
+def training_sequences(dataset: RecDataset) -> tuple[list[int], list[np.ndarray]]:
+    """Each user's items before the validation target (positions < n-2), users with >= 2."""
+    offsets = dataset.user_offsets()
+    users, sequences = [], []
+    for user in range(dataset.num_users):
+        seq = dataset.items[offsets[user] : max(offsets[user], offsets[user + 1] - 2)]
+        if len(seq) >= 2:
+            users.append(user)
+            sequences.append(seq)
+    return users, sequences

@@ -1,0 +1,139 @@
+"""Checkpoints that plain transformers can load, written atomically.
+
+A checkpoint folder holds:
+
+- `model/`: `save_pretrained` output (config.json + model.safetensors), loadable with
+  `AutoModelForCausalLM` / `AutoModelForSeq2SeqLM.from_pretrained` and no code of ours;
+- `sid_table.parquet`, `semantic_ids.json`: the item <-> semantic-ID table the model decodes;
+- `vocab.json`: how codes map to token ids; `config.yaml`: the run's resolved config;
+- `trainer_state.pt`: optimizer, scheduler, RNG states and counters, read back with
+  `torch.load(weights_only=True)` (tensors and plain containers only; no pickle of objects).
+
+`save` writes everything into a temporary sibling folder and renames it over the old one, so a
+crash mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
+
+from gflowgr_dist.config import Config
+from gflowgr_dist.errors import DataError
+from gflowgr_dist.models.vocab import SidVocab
+from gflowgr_dist.semantic_ids.table import SemanticIdTable
+
+
+@dataclass
+class Bundle:
+    """Everything a checkpoint stores."""
+
+    model: PreTrainedModel
+    vocab: SidVocab
+    table: SemanticIdTable
+    config: Config
+    optimizer: torch.optim.Optimizer | None = None
+    scheduler: Any = None
+    state: dict[str, Any] | None = None
+
+
+def save(folder: Path, bundle: Bundle) -> Path:
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        bundle.model.save_pretrained(tmp / "model", safe_serialization=True)
+        bundle.table.save(tmp)
+        (tmp / "vocab.json").write_text(json.dumps(bundle.vocab.to_dict(), indent=2))
+        (tmp / "config.yaml").write_text(bundle.config.to_yaml())
+        if bundle.optimizer is not None:
+            torch.save(_trainer_state(bundle), tmp / "trainer_state.pt")
+        old = folder.with_name(f".{folder.name}.old")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _trainer_state(bundle: Bundle) -> dict[str, Any]:
+    return {
+        "optimizer": bundle.optimizer.state_dict(),
+        "scheduler": bundle.scheduler.state_dict() if bundle.scheduler is not None else None,
+        "state": dict(bundle.state or {}),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "numpy": json.dumps(np.random.get_state(legacy=False), default=_jsonable),
+            "python": json.dumps(random.getstate()),
+        },
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.integer):
+        return int(value)
+    raise TypeError(type(value))
+
+
+def load_model(folder: Path) -> tuple[PreTrainedModel, SidVocab, SemanticIdTable, Config]:
+    """Model, vocabulary, ID table and config of a checkpoint folder.
+
+    Raises:
+        DataError: the folder is not a checkpoint written by `save`.
+    """
+    folder = Path(folder)
+    if not (folder / "model" / "config.json").is_file() or not (folder / "vocab.json").is_file():
+        raise DataError(
+            f"{str(folder)!r} is not a gflowgr checkpoint (no model/config.json or vocab.json); "
+            "pass a folder written by `gflowgr sft` (e.g. outputs/<run>/sft/best)"
+        )
+    config = json.loads((folder / "model" / "config.json").read_text())
+    auto = AutoModelForSeq2SeqLM if config.get("is_encoder_decoder") else AutoModelForCausalLM
+    model = auto.from_pretrained(str(folder / "model"))
+    vocab = SidVocab.from_dict(json.loads((folder / "vocab.json").read_text()))
+    table = SemanticIdTable.load(folder)
+    from gflowgr_dist.config import load_config
+
+    cfg = load_config([folder / "config.yaml"])
+    return model, vocab, table, cfg
+
+
+def load_training_state(
+    folder: Path,
+    model: PreTrainedModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+) -> dict[str, Any]:
+    """Restores weights, optimizer, scheduler and RNG from `folder`; returns the counters."""
+    folder = Path(folder)
+    state_path = folder / "trainer_state.pt"
+    if not state_path.is_file():
+        raise DataError(
+            f"cannot resume: {str(state_path)!r} does not exist; start without --resume"
+        )
+    saved = type(model).from_pretrained(str(folder / "model"))
+    model.load_state_dict(saved.state_dict())
+    blob = torch.load(state_path, weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    if scheduler is not None and blob["scheduler"] is not None:
+        scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["rng"]["torch"])
+    np_state = json.loads(blob["rng"]["numpy"])
+    np_state["state"]["key"] = np.asarray(np_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(np_state)
+    version, internal, gauss = json.loads(blob["rng"]["python"])
+    random.setstate((version, tuple(internal), gauss))
+    return blob["state"]

@@ -1,0 +1,309 @@
+"""Supervised fine-tuning (SFT) of a generative backbone: next-token cross-entropy on the
+target semantic ID, L_GR(U, v) = -sum_l log P(t_l | U, t_<l) (GFlowGR eq. for L_GR).
+
+AdamW with linear warm-up then cosine decay, gradient clipping, seeded shuffles; validation
+NDCG@10 by trie-constrained beam search after every `eval_every` epochs, early stopping with
+`patience`, the best weights kept. Checkpoints (`checkpoint.py`) are plain `save_pretrained`
+folders plus the trainer state, written atomically; `resume=True` continues from `last/`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from gflowgr_dist.config import Config
+from gflowgr_dist.data.schema import RecDataset
+from gflowgr_dist.data.split import Splits, split_histories, training_sequences
+from gflowgr_dist.decoding import ItemRanker
+from gflowgr_dist.eval.evaluate import EvalResult, evaluate
+from gflowgr_dist.models.backbones import build_backbone, count_parameters, is_encoder_decoder
+from gflowgr_dist.models.prompts import (
+    collate_decoder_windows,
+    collate_seq2seq,
+    training_windows,
+)
+from gflowgr_dist.models.vocab import SidVocab
+from gflowgr_dist.semantic_ids.table import SemanticIdTable
+from gflowgr_dist.tracking import MetricsLogger
+from gflowgr_dist.train import checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """What a resumed run needs besides weights and optimizer."""
+
+    epoch: int = 0
+    step: int = 0
+    best_metric: float = -1.0
+    best_epoch: int = -1
+    bad_evals: int = 0
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class SftTrainer:
+    """Trains one backbone on one prepared dataset (see module docstring)."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        dataset: RecDataset,
+        splits: Splits,
+        table: SemanticIdTable,
+        out_dir: Path,
+        *,
+        model: PreTrainedModel | None = None,
+        vocab: SidVocab | None = None,
+    ) -> None:
+        self.cfg, self.dataset, self.splits, self.table = cfg, dataset, splits, table
+        self.out_dir = Path(out_dir)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        seed_everything(cfg.run.seed)
+        if model is None:
+            model, vocab = build_backbone(
+                cfg.model, table.codebook_sizes, table.level_names, cfg.data.max_history
+            )
+        self.model, self.vocab = model, vocab
+        self.sid_tokens = vocab.item_tokens(table.codes)  # [I, L]
+        self.user_tokens = [vocab.user_token(u) for u in dataset.user_ids]
+        self.seq2seq = is_encoder_decoder(model)
+        self.examples = self._examples()
+        self.ranker = ItemRanker(model, vocab, table)
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay,
+        )
+        steps = cfg.train.epochs * math.ceil(len(self.examples) / cfg.train.batch_size)
+        self.scheduler = warmup_cosine(self.optimizer, steps, cfg.train.warmup_ratio)
+        self.state = TrainState()
+        self.metrics = MetricsLogger(self.out_dir)
+        logger.info(
+            "sft: %s backbone, %d parameters, %d training %s per epoch",
+            cfg.model.arch,
+            count_parameters(model),
+            len(self.examples),
+            "examples" if self.seq2seq else "windows",
+        )
+
+    def _examples(self) -> list[Any]:
+        if self.seq2seq:
+            users, histories, targets, _ = split_histories(self.dataset, self.splits, "train")
+            return list(zip(users.tolist(), histories, targets.tolist(), strict=True))
+        users, sequences = training_sequences(self.dataset)
+        cfg = self.cfg
+        return training_windows(sequences, users, cfg.data.max_history, cfg.train.window_stride)
+
+    def _collate(self, chunk: list[Any]) -> dict[str, torch.Tensor]:
+        if self.seq2seq:
+            users, histories, targets = zip(*chunk, strict=True)
+            user_tokens = [self.user_tokens[u] for u in users]
+            return collate_seq2seq(
+                list(histories), np.asarray(targets), self.sid_tokens, self.vocab, user_tokens
+            )
+        user_tokens = [self.user_tokens[w.user] for w in chunk]
+        return collate_decoder_windows(chunk, self.sid_tokens, self.vocab, user_tokens)
+
+    def fit(self, *, resume: bool = False) -> dict[str, Any]:
+        """Trains until the epoch budget, early stopping or `max_minutes`; keeps `best/`."""
+        if resume:
+            self._resume()
+        deadline = (
+            time.monotonic() + 60 * self.cfg.train.max_minutes
+            if self.cfg.train.max_minutes
+            else None
+        )
+        while self.state.epoch < self.cfg.train.epochs:
+            # One pass over the shuffled examples.
+            started = time.perf_counter()
+            timed_out = self._train_epoch(deadline)
+            self.state.epoch_seconds.append(time.perf_counter() - started)
+            self.state.epoch += 1
+
+            # Validate, keep the best weights, decide on early stopping.
+            stop = timed_out
+            if self.state.epoch % self.cfg.train.eval_every == 0 or timed_out:
+                stop |= self._validate()
+            checkpoint.save(self.out_dir / "last", self._bundle())
+            if stop:
+                break
+        self.metrics.close()
+        return {
+            "best_epoch": self.state.best_epoch,
+            "best_val_ndcg@10": self.state.best_metric,
+            "epochs": self.state.epoch,
+            "seconds_per_epoch": float(np.mean(self.state.epoch_seconds or [0.0])),
+            "parameters": count_parameters(self.model),
+        }
+
+    def _train_epoch(self, deadline: float | None) -> bool:
+        cfg = self.cfg.train
+        rng = np.random.default_rng([self.cfg.run.seed, self.state.epoch])
+        order = rng.permutation(len(self.examples))
+        batches = range(0, len(order), cfg.batch_size)
+        self.model.train()
+        tokens, window_start = 0, time.perf_counter()
+        bar = tqdm(
+            batches,
+            desc=f"sft epoch {self.state.epoch + 1}",
+            leave=False,
+            disable=not self.cfg.logging.progress,
+        )
+        for start in bar:
+            # Forward and backward on one batch.
+            batch = self._collate([self.examples[i] for i in order[start : start + cfg.batch_size]])
+            loss = self.model(**batch).loss
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.state.step += 1
+            tokens += int(batch["attention_mask"].sum())
+
+            # Log one line per `log_every` steps.
+            if self.state.step % cfg.log_every == 0:
+                elapsed = time.perf_counter() - window_start
+                self._log_step(loss.item(), grad_norm.item(), tokens / max(elapsed, 1e-9))
+                tokens, window_start = 0, time.perf_counter()
+            if deadline is not None and time.monotonic() > deadline:
+                logger.info("sft: max_minutes reached at step %d", self.state.step)
+                return True
+        return False
+
+    def _log_step(self, loss: float, grad_norm: float, tokens_per_s: float) -> None:
+        lr = self.scheduler.get_last_lr()[0]
+        logger.info(
+            "step=%d epoch=%d loss=%.4f grad_norm=%.3f lr=%.2e tok/s=%.0f",
+            self.state.step,
+            self.state.epoch + 1,
+            loss,
+            grad_norm,
+            lr,
+            tokens_per_s,
+        )
+        self.metrics.log(
+            self.state.step,
+            {
+                "sft/loss": loss,
+                "sft/grad_norm": grad_norm,
+                "sft/lr": lr,
+                "sft/tokens_per_s": tokens_per_s,
+                "sft/epoch": self.state.epoch + 1,
+            },
+        )
+
+    def _validate(self) -> bool:
+        """Evaluates on validation; returns True when patience is exhausted."""
+        result = self.evaluate("valid", max_users=self.cfg.train.max_eval_users)
+        ndcg = result.summary["ndcg@10"]
+        improved = ndcg > self.state.best_metric
+        if improved:
+            self.state.best_metric, self.state.best_epoch = ndcg, self.state.epoch
+            self.state.bad_evals = 0
+            checkpoint.save(self.out_dir / "best", self._bundle())
+        else:
+            self.state.bad_evals += 1
+        logger.info(
+            "epoch=%d val_ndcg@10=%.4f val_recall@10=%.4f best=%.4f (epoch %d) epoch_s=%.1f",
+            self.state.epoch,
+            ndcg,
+            result.summary["recall@10"],
+            self.state.best_metric,
+            self.state.best_epoch,
+            self.state.epoch_seconds[-1],
+        )
+        self.metrics.log(
+            self.state.step,
+            {
+                "sft/val_ndcg@10": ndcg,
+                "sft/val_recall@10": result.summary["recall@10"],
+                "sft/epoch_seconds": self.state.epoch_seconds[-1],
+                "sft/epoch": self.state.epoch,
+            },
+        )
+        return self.state.bad_evals >= self.cfg.train.patience
+
+    def evaluate(
+        self, split: str, *, max_users: int | None = None, per_user_path: Path | None = None
+    ) -> EvalResult:
+        """Full-ranking metrics of the current weights on one split."""
+        return evaluate(
+            self.rank_fn(),
+            self.dataset,
+            self.splits,
+            split,
+            self.cfg.eval,
+            max_users=max_users,
+            seed=self.cfg.run.seed,
+            per_user_path=per_user_path,
+        )
+
+    def rank_fn(self):
+        cfg = self.cfg.eval
+
+        def rank(histories, exclude, k):
+            return self.ranker.rank_all(
+                histories,
+                k,
+                ranker=cfg.ranker,
+                beam_width=cfg.beam_width,
+                batch_size=cfg.batch_size,
+                exclude=exclude,
+                progress=self.cfg.logging.progress,
+            ).items
+
+        return rank
+
+    def _bundle(self) -> checkpoint.Bundle:
+        return checkpoint.Bundle(
+            model=self.model,
+            vocab=self.vocab,
+            table=self.table,
+            config=self.cfg,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            state=self.state.__dict__,
+        )
+
+    def _resume(self) -> None:
+        folder = self.out_dir / "last"
+        state = checkpoint.load_training_state(folder, self.model, self.optimizer, self.scheduler)
+        self.state = TrainState(**state)
+        logger.info(
+            "sft: resumed from %s at epoch %d, step %d", folder, self.state.epoch, self.state.step
+        )
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up to the base lr, then cosine decay to 0 at `total_steps`."""
+    warmup = max(1, int(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
