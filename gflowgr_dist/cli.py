@@ -111,12 +111,22 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> None:
     print(format_bench(result))
 
 
+def cmd_table(cfg: Config, args: argparse.Namespace) -> None:
+    from gflowgr_dist.experiments.sft_table import markdown_table, run_table
+
+    results = run_table(cfg)
+    print(f"== {cfg.run.name}: test, mean ± std over seeds {cfg.experiment.seeds}")
+    print(markdown_table(results["aggregate"]))
+    print(f"(per-seed results in {cfg.run.output_dir / 'results.json'})")
+
+
 COMMANDS: dict[str, tuple[Callable[..., None], str]] = {
     "run": (cmd_run, "run the whole pipeline (the README's main job)"),
     "prepare": (cmd_prepare, "load and split a dataset into Parquet"),
     "tokenize": (cmd_tokenize, "build semantic IDs for the prepared items"),
     "sft": (cmd_sft, "train the backbone with SFT and evaluate it on test"),
     "evaluate": (cmd_evaluate, "full-ranking evaluation of a checkpoint"),
+    "table": (cmd_table, "baseline table: pop, SASRec, SFT decoder and T5 over seeds"),
     "bench": (cmd_bench, "benchmarks: `bench decode` (beam search vs transformers generate)"),
 }
 

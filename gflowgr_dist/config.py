@@ -215,6 +215,9 @@ class TrainConfig(_Section):
     log_every: int = Field(50, ge=1, description="Optimizer steps between log lines.")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None = auto).")
     max_minutes: float | None = Field(None, gt=0, description="Stop training after this long.")
+    epoch_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="Share of training examples drawn afresh each epoch."
+    )
 
 
 class EvalConfig(_Section):
@@ -242,6 +245,44 @@ class EvalConfig(_Section):
         return self
 
 
+class SasRecSection(_Section):
+    """SASRec baseline (and, later, the CF model of the sampler and reward)."""
+
+    hidden: int = Field(64, ge=8, le=4096)
+    layers: int = Field(2, ge=1, le=32)
+    heads: int = Field(2, ge=1, le=64)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    max_len: int = Field(50, ge=1, le=4096)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    batch_size: int = Field(128, ge=1)
+    epochs: int = Field(200, ge=1)
+    patience: int = Field(10, ge=1)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+EXPERIMENT_MODELS = ("pop", "sasrec-bce", "sasrec-ce", "sft-decoder", "sft-t5")
+
+
+class ExperimentConfig(_Section):
+    """A results table: which models, which seeds, per-model overrides."""
+
+    seeds: list[int] = Field(default_factory=lambda: [42, 43, 44], min_length=1)
+    models: list[str] = Field(default_factory=lambda: list(EXPERIMENT_MODELS), min_length=1)
+    overrides: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per model, `section.key=value` overrides applied on top of the config.",
+    )
+
+    @model_validator(mode="after")
+    def _known_models(self) -> ExperimentConfig:
+        unknown = [m for m in [*self.models, *self.overrides] if m not in EXPERIMENT_MODELS]
+        if unknown:
+            raise ValueError(
+                f"unknown model(s) {unknown}; choose from {', '.join(EXPERIMENT_MODELS)}"
+            )
+        return self
+
+
 class LoggingConfig(_Section):
     """Where logs and metrics go."""
 
@@ -259,6 +300,8 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    sasrec: SasRecSection = Field(default_factory=SasRecSection)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
@@ -298,6 +341,18 @@ def load_config(
         return Config.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, merged)) from None
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """A copy of `cfg` with dotted `section.key=value` overrides applied and re-validated."""
+    raw = cfg.model_dump(mode="json")
+    for override in overrides:
+        key, value = _parse_override(override)
+        _set_dotted(raw, key, value)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, raw)) from None
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

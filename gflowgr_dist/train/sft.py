@@ -159,6 +159,7 @@ class SftTrainer:
         cfg = self.cfg.train
         rng = np.random.default_rng([self.cfg.run.seed, self.state.epoch])
         order = rng.permutation(len(self.examples))
+        order = order[: max(1, round(cfg.epoch_fraction * len(order)))]
         batches = range(0, len(order), cfg.batch_size)
         self.model.train()
         tokens, window_start = 0, time.perf_counter()

@@ -1,0 +1,1 @@
+"""Models: generative backbones and the ranking baselines (popularity, SASRec) they must beat."""
