@@ -53,7 +53,9 @@ def cmd_tokenize(cfg: Config, args: argparse.Namespace) -> None:
     _print_sids(cfg, tokenize(cfg))
 
 
-def _print_sft(cfg: Config, summary: dict[str, Any]) -> None:
+def _print_sft(
+    cfg: Config, summary: dict[str, Any], reference: dict[str, Any] | None = None
+) -> None:
     from gflowgr_dist.eval.evaluate import format_header, format_row
     from gflowgr_dist.pipeline import sft_dir
 
@@ -64,7 +66,10 @@ def _print_sft(cfg: Config, summary: dict[str, Any]) -> None:
         f"{train['seconds_per_epoch']:.1f}s; best val NDCG@10 {train['best_val_ndcg@10']:.4f} "
         f"(epoch {train['best_epoch']})"
     )
+    print(f"== test: full ranking, {cfg.eval.ranker} search (width {cfg.eval.beam_width})")
     print(format_header())
+    if reference is not None:
+        print(format_row("pop", reference))
     print(format_row(f"sft-{cfg.model.arch}", summary["test"]))
 
 
@@ -75,11 +80,13 @@ def cmd_sft(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_run(cfg: Config, args: argparse.Namespace) -> None:
+    from gflowgr_dist.experiments.sft_table import run_cell
     from gflowgr_dist.pipeline import prepare, sft, tokenize
 
     _print_data(cfg, prepare(cfg))
     _print_sids(cfg, tokenize(cfg))
-    _print_sft(cfg, sft(cfg, resume=args.resume))
+    summary = sft(cfg, resume=args.resume)
+    _print_sft(cfg, summary, reference=run_cell(cfg, "pop"))
 
 
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> None:

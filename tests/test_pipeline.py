@@ -93,3 +93,6 @@ def test_ml100k_main_job_as_a_user_runs_it(tmp_path, ml100k_available):
     assert "unique IDs    1,682 for 1,682 items" in out.stdout
     stats = json.loads((tmp_path / "semantic_ids/semantic_ids.json").read_text())["stats"]
     assert stats["levels"] == 4 and stats["shared_id_groups"] == 0
+    assert "sft-decoder" in out.stdout and "pop " in out.stdout
+    summary = json.loads((tmp_path / "sft-decoder/summary.json").read_text())
+    assert summary["test"]["users"] == 943 and summary["test"]["valid_id_rate"] == 1.0

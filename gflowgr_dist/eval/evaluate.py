@@ -40,11 +40,9 @@ class EvalResult:
 
 def training_popularity(dataset: RecDataset) -> np.ndarray:
     """Interactions per item in the training part (before each user's validation target)."""
-    offsets = dataset.user_offsets()
-    lengths = np.diff(offsets)
-    position = np.arange(dataset.num_interactions) - np.repeat(offsets[:-1], lengths)
-    train = position < np.repeat(lengths - 2, lengths)
-    return np.bincount(dataset.items[train], minlength=dataset.num_items)
+    from gflowgr_dist.models.popularity import Popularity
+
+    return Popularity.fit(dataset).counts
 
 
 def evaluate(

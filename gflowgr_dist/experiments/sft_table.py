@@ -80,16 +80,30 @@ def run_table(base: Config) -> dict[str, Any]:
     out = base.run.output_dir
     out.mkdir(parents=True, exist_ok=True)
     for seed in base.experiment.seeds:
-        seed_cfg = model_config(base, "pop", seed)
-        prepare(seed_cfg)
-        tokenize(seed_cfg)
+        # Cells finished by an earlier (or a parallel) run are read back, not redone.
+        todo = [m for m in base.experiment.models if not _cell_path(base, m, seed).is_file()]
+        if todo:  # deterministic given the seed: re-preparing reproduces the same files
+            seed_cfg = model_config(base, "pop", seed)
+            prepare(seed_cfg)
+            tokenize(seed_cfg)
         for model in base.experiment.models:
+            path = _cell_path(base, model, seed)
+            if path.is_file():
+                cells[model][seed] = json.loads(path.read_text())
+                continue
             started = time.perf_counter()
-            cells[model][seed] = run_cell(model_config(base, model, seed), model)
-            cells[model][seed]["seconds_total"] = time.perf_counter() - started
-            logger.info("table: %s seed %d -> %s", model, seed, _short(cells[model][seed]))
-            _write(out, base, cells)
+            cell = run_cell(model_config(base, model, seed), model)
+            cell["seconds_total"] = time.perf_counter() - started
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(cell, indent=2) + "\n")
+            cells[model][seed] = cell
+            logger.info("table: %s seed %d -> %s", model, seed, _short(cell))
     return _write(out, base, cells)
+
+
+def _cell_path(base: Config, model: str, seed: int) -> Path:
+    """Where one finished cell's test summary is kept (its presence marks the cell done)."""
+    return base.run.output_dir / f"seed{seed}" / model / "cell.json"
 
 
 def _short(summary: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from gflowgr_dist.data.schema import RecDataset
-from gflowgr_dist.data.split import Splits
+from gflowgr_dist.data.split import Splits, split_histories
 from gflowgr_dist.eval.metrics import DEFAULT_KS, rank_metrics, ranked_from_scores, summarize
 from gflowgr_dist.models.sasrec import SasRec, SasRecConfig
 
@@ -90,22 +90,6 @@ def _windows(
         end -= stride
 
 
-def split_examples(
-    dataset: RecDataset, splits: Splits, split: str = "test"
-) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-    """Users, histories (history_start .. target_index) and targets of one split.
-
-    Returns:
-        (users [U], histories: U arrays of item ids in time order, targets [U])
-    """
-    index = splits.select(split)
-    base = dataset.user_offsets()[splits.users[index]]  # [U]
-    begin = base + splits.history_start[index]
-    end = base + splits.target_index[index]
-    histories = [dataset.items[b:e] for b, e in zip(begin.tolist(), end.tolist(), strict=True)]
-    return splits.users[index], histories, dataset.items[end]
-
-
 def evaluate_scores(
     score_fn: ScoreFn,
     dataset: RecDataset,
@@ -131,7 +115,7 @@ def evaluate_scores(
     Returns:
         (per-user metrics {"recall@k", "ndcg@k"} for k in 1/5/10/20, ranked items [U, k])
     """
-    users, histories, targets = split_examples(dataset, splits, split)
+    users, histories, targets, _ = split_histories(dataset, splits, split)
     index = splits.select(split)
     offsets = dataset.user_offsets()
     ranked = np.full((len(users), k), -1, dtype=np.int64)

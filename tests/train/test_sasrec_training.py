@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from gflowgr_dist.config import SyntheticConfig
-from gflowgr_dist.data.split import leave_one_out
+from gflowgr_dist.data.split import leave_one_out, split_histories
 from gflowgr_dist.data.synthetic import load_synthetic
 from gflowgr_dist.eval.metrics import summarize
 from gflowgr_dist.models.popularity import Popularity
 from gflowgr_dist.models.sasrec import SasRecConfig
 from gflowgr_dist.train.sasrec import (
     evaluate_scores,
-    split_examples,
     train_sasrec,
     training_windows,
 )
@@ -92,9 +91,9 @@ def test_popularity_equals_brute_force_count(clustered) -> None:
     assert scores.shape == (3, dataset.num_items)
 
 
-def test_split_examples_match_example_items(clustered) -> None:
+def test_split_histories_match_example_items(clustered) -> None:
     dataset, splits, _ = clustered
-    users, histories, targets = split_examples(dataset, splits, "test")
+    users, histories, targets, _ = split_histories(dataset, splits, "test")
     np.testing.assert_array_equal(users, splits.users[splits.select("test")])
     last = dataset.user_offsets()[users + 1] - 1
     np.testing.assert_array_equal(targets, dataset.items[last])
@@ -105,7 +104,7 @@ def test_exclude_history_masks_seen_items(clustered) -> None:
     dataset, splits, _ = clustered
     pop = Popularity.fit(dataset)
     _, ranked = evaluate_scores(pop.score_histories, dataset, splits, "test", True)
-    users, _, _ = split_examples(dataset, splits, "test")
+    users, _, _, _ = split_histories(dataset, splits, "test")
     for user, row in zip(users.tolist(), ranked, strict=True):
         seen = set(dataset.sequence(user)[:-1].tolist())
         assert not seen & set(row.tolist())

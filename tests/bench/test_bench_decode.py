@@ -1,0 +1,34 @@
+"""`gflowgr bench decode` on a tiny trained checkpoint: both paths agree, ratios are printed."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gflowgr_dist.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_decode_prints_side_by_side(tmp_path, capsys):
+    base = [
+        "--config",
+        str(REPO / "configs/synthetic.yaml"),
+        "--set",
+        f"run.output_dir={tmp_path}",
+        "--set",
+        "logging.progress=false",
+        "--set",
+        "model.preset=tiny",
+        "--set",
+        "data.max_history=8",
+    ]
+    assert main(["run", *base, "--set", "train.epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "decode", *base, "--users", "24", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "speed-up" in out
+    assert re.search(r"identical top-10 vs generate\s+100\.0%", out), out
+    assert main(["evaluate", *base, "--set", "eval.ranker=exact"]) == 0
+    assert "sft-decoder" in capsys.readouterr().out
+    assert (tmp_path / "sft-decoder/eval_test_exact.parquet").is_file()
