@@ -205,6 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             datefmt="%H:%M:%S",
         )
+        if cfg.train.num_threads:
+            import torch
+
+            torch.set_num_threads(cfg.train.num_threads)
         COMMANDS[args.command][0](cfg, args)
     except GflowgrError as err:
         print(f"gflowgr {args.command}: error: {err}", file=sys.stderr)

@@ -74,17 +74,10 @@ def collate_seq2seq(
     user_tokens: list[int | None] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Encoder `input_ids`/`attention_mask` and decoder `labels` (target tokens + <eos>)."""
-    rows = [
-        _user(user_tokens, i) + sid_tokens[h].reshape(-1).tolist() + [vocab.eos_id]
-        for i, h in enumerate(histories)
-    ]
-    batch = _pad_right(rows, rows, vocab.pad_id)
-    labels = np.concatenate([sid_tokens[targets], np.full((len(targets), 1), vocab.eos_id)], axis=1)
-    return {
-        "input_ids": batch["input_ids"],
-        "attention_mask": batch["attention_mask"],
-        "labels": torch.from_numpy(labels.astype(np.int64)),
-    }
+    batch = encoder_prompts(histories, sid_tokens, vocab, user_tokens)
+    eos = np.full((len(targets), 1), vocab.eos_id)
+    labels = np.concatenate([sid_tokens[targets], eos], axis=1)  # [B, L + 1]
+    return batch | {"labels": torch.from_numpy(labels.astype(np.int64))}
 
 
 def decoder_prompts(
