@@ -121,7 +121,7 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> None:
 def cmd_table(cfg: Config, args: argparse.Namespace) -> None:
     from gflowgr_dist.experiments.sft_table import markdown_table, run_table
 
-    results = run_table(cfg)
+    results = run_table(cfg, run_missing=not args.aggregate_only)
     print(f"== {cfg.run.name}: test, mean ± std over seeds {cfg.experiment.seeds}")
     print(markdown_table(results["aggregate"]))
     print(f"(per-seed results in {cfg.run.output_dir / 'results.json'})")
@@ -176,6 +176,10 @@ def _command_arguments(name: str, cmd: argparse.ArgumentParser) -> None:
         )
     if name == "evaluate":
         cmd.add_argument("--split", choices=("valid", "test"), default="test")
+    if name == "table":
+        cmd.add_argument(
+            "--aggregate-only", action="store_true", help="aggregate finished cells, run none"
+        )
     if name == "bench":
         cmd.add_argument("what", choices=("decode",), help="which benchmark")
         cmd.add_argument("--users", type=_positive, default=200, help="test users to decode")

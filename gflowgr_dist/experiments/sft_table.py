@@ -72,8 +72,12 @@ def run_cell(cfg: Config, model: str) -> dict[str, Any]:
     return {**result.summary, "seconds_per_epoch": cost}
 
 
-def run_table(base: Config) -> dict[str, Any]:
-    """Every (seed, model) cell, then the aggregate; writes results.json and table.md."""
+def run_table(base: Config, *, run_missing: bool = True) -> dict[str, Any]:
+    """Every (seed, model) cell, then the aggregate; writes results.json and table.md.
+
+    With `run_missing=False` only finished cells are read and aggregated (a row's `seeds`
+    column says how many it has).
+    """
     from gflowgr_dist.pipeline import prepare, tokenize
 
     cells: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in base.experiment.models}
@@ -82,7 +86,7 @@ def run_table(base: Config) -> dict[str, Any]:
     for seed in base.experiment.seeds:
         # Cells finished by an earlier (or a parallel) run are read back, not redone.
         todo = [m for m in base.experiment.models if not _cell_path(base, m, seed).is_file()]
-        if todo:  # deterministic given the seed: re-preparing reproduces the same files
+        if todo and run_missing:  # deterministic per seed: re-preparing gives the same files
             seed_cfg = model_config(base, "pop", seed)
             prepare(seed_cfg)
             tokenize(seed_cfg)
@@ -90,6 +94,8 @@ def run_table(base: Config) -> dict[str, Any]:
             path = _cell_path(base, model, seed)
             if path.is_file():
                 cells[model][seed] = json.loads(path.read_text())
+                continue
+            if not run_missing:
                 continue
             started = time.perf_counter()
             cell = run_cell(model_config(base, model, seed), model)

@@ -48,6 +48,12 @@ def test_table_runs_every_cell(tmp_path, capsys):
     assert cell.stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "results.json").read_text())["aggregate"] == results["aggregate"]
 
+    # Aggregating a seed with no finished cells runs nothing and counts only finished seeds.
+    assert main(["table", *args, "--set", "experiment.seeds=[1, 2, 3]", "--aggregate-only"]) == 0
+    assert not (tmp_path / "seed3").exists()
+    partial = json.loads((tmp_path / "results.json").read_text())["aggregate"]
+    assert partial["pop"]["seeds"] == 2
+
 
 def test_aggregate_and_markdown():
     cells = {
