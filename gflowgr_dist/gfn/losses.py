@@ -118,7 +118,9 @@ def trajectory_balance(
 
 
 def vargrad_log_z(log_pf_sum: Tensor, log_rewards: Tensor) -> Tensor:
-    """Per-example VarGrad estimate of log Z(U) = mean_n (log R(τ_n) − Σ log P_F(τ_n)), detached.
+    """Per-example VarGrad estimate of log Z(U), detached.
+
+    log Z(U) = mean_n (log R(τ_n) − Σ log P_F(τ_n)).
 
     Paper.md §8.2 option (b): no `logZ` parameter; with this estimate the TB residuals of an
     example's N trajectories average to exactly 0, so TB penalises only their spread. It is
@@ -173,10 +175,11 @@ def subtrajectory_balance(
     """SubTB(λ): λ^(j−i)-weighted mean over sub-trajectories i < j of the balance residual².
 
     Madan et al. 2023, "Learning GFlowNets from partial episodes", eq. 9:
-    Σ_{0≤i<j≤n} λ^(j−i) (log F(s_i) + Σ_{k=i}^{j−1} log P_F(s_{k+1}|s_k) − log F(s_j))²
-    / Σ_{0≤i<j≤n} λ^(j−i), with log F(s_n) := log R and P_B = 1 (paper.md §1). The (0, n) term
-    is TB with log Z = log F(s_0); the (l, l+1) terms are DB. Paper.md §8.10 warns that naive
-    SubTB on logged data is non-identifiable: keep L_GR beside it.
+    Σ_{i<j≤n} λ^(j−i) (log F(s_i) + Σ_{k=i}^{j−1} log P_F(s_{k+1}|s_k) − log F(s_j))²
+    / Σ_{i<j≤n} λ^(j−i), with log F(s_n) := log R and P_B = 1 (paper.md §1).
+    The (0, n) term is TB with log Z = log F(s_0); the (l, l+1) terms are DB.
+    Paper.md §8.10 warns that naive SubTB on logged data is non-identifiable: keep L_GR
+    beside it.
 
     Args:
         log_flows: log F(s_l) for l = 0..L-1, [B, L].

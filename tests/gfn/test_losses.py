@@ -29,7 +29,8 @@ LOG_R = torch.tensor([0.0])  # log F(s_2) := log R
 
 
 def test_tb_hand_worked() -> None:
-    # residual = log Z + Σ log P_F − log R = 0.5 + (−1 − 2) − (−1) = −1.5; squared 2.25.
+    # residual = log Z + Σ log P_F − log R = 0.5 + (−1 − 2) − (−1) = −1.5
+    # squared: 2.25
     # Second row: 0 + (−0.5 − 0.5) − (−1) = 0.
     log_z = torch.tensor([0.5, 0.0])
     log_pf = torch.tensor([[-1.0, -2.0], [-0.5, -0.5]])
