@@ -214,7 +214,12 @@ class TrainConfig(_Section):
     )
     log_every: int = Field(50, ge=1, description="Optimizer steps between log lines.")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None = auto).")
-    max_minutes: float | None = Field(None, gt=0, description="Stop training after this long.")
+    max_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="Training-time budget (validation excluded); the lr schedule is fitted "
+        "to it so the cosine reaches 0 when it runs out.",
+    )
     epoch_fraction: float = Field(
         1.0, gt=0.0, le=1.0, description="Share of training examples drawn afresh each epoch."
     )

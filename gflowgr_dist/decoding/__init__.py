@@ -53,6 +53,7 @@ class ItemRanker:
         self.sid_tokens = vocab.item_tokens(table.codes)  # [I, L]
         self.sid_of_item = self.trie.sid_index(torch.from_numpy(table.codes)).numpy()  # [I]
         self.items_by_sid = _group_items(self.sid_of_item, self.trie.num_sids)  # [S, G]
+        self.group_sizes = np.bincount(self.sid_of_item, minlength=self.trie.num_sids)  # [S]
 
     def prompts(
         self, histories: list[np.ndarray], user_tokens: list[int | None] | None = None
@@ -80,7 +81,12 @@ class ItemRanker:
                 item_scores = sid_scores[:, torch.from_numpy(self.sid_of_item)].numpy()
                 return _top_items(np.arange(item_scores.shape[1]), item_scores, k, exclude)
             codes, scores = beam_search(
-                self.stepper, prompts, self.trie, self.vocab, beam_width=beam_width
+                self.stepper,
+                prompts,
+                self.trie,
+                self.vocab,
+                beam_width=beam_width,
+                banned=None if exclude is None else self.banned_sids(exclude),
             )
             return self._expand_beams(codes, scores, k, exclude)
         finally:
@@ -119,6 +125,15 @@ class ItemRanker:
         return Ranking(
             np.concatenate([p.items for p in parts]), np.concatenate([p.scores for p in parts])
         )
+
+    def banned_sids(self, exclude: list[np.ndarray]) -> torch.Tensor:
+        """[B, S] mask of IDs all of whose items are excluded (an ID shared with an allowed
+        item stays: the allowed item is still a recommendation)."""
+        banned = torch.zeros(len(exclude), self.trie.num_sids, dtype=torch.bool)
+        for row, items in enumerate(exclude):
+            sids, counts = np.unique(self.sid_of_item[np.unique(items)], return_counts=True)
+            banned[row, torch.from_numpy(sids[counts == self.group_sizes[sids]])] = True
+        return banned
 
     def _expand_beams(
         self,

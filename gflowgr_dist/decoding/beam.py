@@ -9,6 +9,10 @@ sum_l log P(t_l | prompt, t_<l) over the full vocabulary, as in transformers' be
 
 Beam search can miss an item whose prefix falls out of the top W early; `exact.py` scores every
 ID and is the oracle (with W at least the number of IDs nothing is pruned and the two agree).
+
+`banned` IDs (e.g. items the user has already seen) are pruned at every level: a prefix whose
+every completion is banned is masked like an invalid one, so the W surviving beams all end in
+admissible IDs (filtering afterwards would leave fewer than W, and hand beams to dead prefixes).
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ def beam_search(
     vocab: SidVocab,
     *,
     beam_width: int,
+    banned: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `beam_width` best valid semantic IDs per prompt.
+    """The `beam_width` best valid semantic IDs per prompt, none of them `banned`.
+
+    Args:
+        banned: optional [B, S] bool over the trie's ID rows (`trie.sids`), True = never return.
 
     Returns:
         (codes [B, W, L] int64, scores [B, W] float32, best first; -inf marks an empty beam
@@ -42,6 +50,7 @@ def beam_search(
     scores = torch.zeros(batch, 1)  # [B, 1]: one empty beam per prompt
     codes = torch.zeros(batch, 1, 0, dtype=torch.long)  # [B, 1, 0]
     rows = tokens = None
+    alive = None if banned is None else trie.alive_nodes(~banned)
     for level in range(vocab.num_levels):
         # Advance the cache along the surviving beams (level 0 reads the prompt's output).
         width = scores.shape[1]
@@ -52,6 +61,8 @@ def beam_search(
         size = vocab.codebook_sizes[level]
         step = log_probs[:, vocab.level_slice(level)].cpu().view(batch, width, size)
         allowed = trie.allowed(nodes.view(-1), level).view(batch, width, size)
+        if alive is not None:
+            allowed &= _alive_children(trie, nodes, level, alive[level])
         candidates = (scores[:, :, None] + step).masked_fill(~allowed, NEG_INF)
 
         # Keep the best W over all width × size candidates.
@@ -67,3 +78,16 @@ def beam_search(
 
 def _expand(parent: torch.Tensor, level: int) -> torch.Tensor:
     return parent[..., None].expand(-1, -1, level)
+
+
+def _alive_children(
+    trie: SidTrie, nodes: torch.Tensor, level: int, alive: torch.Tensor
+) -> torch.Tensor:
+    """Whether each child of each beam still leads to an admissible ID.
+
+    nodes [B, W] at depth `level`, alive [B, N_{level+1}] -> [B, W, K_level].
+    """
+    batch, width = nodes.shape
+    children = trie.children[level][nodes.view(-1).clamp(min=0)].long()  # [B*W, K]
+    ok = alive.gather(1, children.clamp(min=0).view(batch, -1))  # [B, W*K]
+    return ok.view(batch, width, -1)

@@ -103,6 +103,23 @@ class SidTrie:
         index = self.leaf_sid[nodes.clamp(min=0)]
         return torch.where(nodes >= 0, index, torch.full_like(index, -1))
 
+    def alive_nodes(self, admissible: torch.Tensor) -> list[torch.Tensor]:
+        """Per row, which nodes still have an admissible ID below them.
+
+        admissible: [B, S] bool over `sids`. Returns, for depths 1..L, [B, N_depth] bool
+        (index l holds depth l+1, the nodes that the codes of level l lead to).
+        """
+        alive = admissible[:, self.leaf_sid]  # [B, N_L]
+        out = [alive]
+        for level in range(self.num_levels - 1, 0, -1):
+            parent, _ = self.edges(level)  # parent (depth level) of each depth-(level+1) node
+            num_parents = self.children[level].shape[0]
+            count = torch.zeros(alive.shape[0], num_parents, dtype=torch.int32)
+            count.index_add_(1, parent, alive.int())
+            alive = count > 0
+            out.append(alive)
+        return out[::-1]
+
     def edges(self, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(parent node, code) of every depth-(level+1) node, in node-id order, each [N_{l+1}]."""
         table = self.children[level]

@@ -51,6 +51,7 @@ class TrainState:
     best_epoch: int = -1
     bad_evals: int = 0
     epoch_seconds: list[float] = field(default_factory=list)
+    train_seconds: float = 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -98,7 +99,8 @@ class SftTrainer:
         )
         per_epoch = round(cfg.train.epoch_fraction * len(self.examples))
         steps = cfg.train.epochs * math.ceil(max(1, per_epoch) / cfg.train.batch_size)
-        self.scheduler = warmup_cosine(self.optimizer, steps, cfg.train.warmup_ratio)
+        self.schedule = WarmupCosine(steps, cfg.train.warmup_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
         self.state = TrainState()
         self.metrics = MetricsLogger(self.out_dir)
         logger.info(
@@ -131,21 +133,16 @@ class SftTrainer:
         """Trains until the epoch budget, early stopping or `max_minutes`; keeps `best/`."""
         if resume:
             self._resume()
-        deadline = (
-            time.monotonic() + 60 * self.cfg.train.max_minutes
-            if self.cfg.train.max_minutes
-            else None
-        )
         while self.state.epoch < self.cfg.train.epochs:
             # One pass over the shuffled examples.
             started = time.perf_counter()
-            timed_out = self._train_epoch(deadline)
+            out_of_budget = self._train_epoch()
             self.state.epoch_seconds.append(time.perf_counter() - started)
             self.state.epoch += 1
 
             # Validate, keep the best weights, decide on early stopping.
-            stop = timed_out
-            if self.state.epoch % self.cfg.train.eval_every == 0 or timed_out:
+            stop = out_of_budget
+            if self.state.epoch % self.cfg.train.eval_every == 0 or out_of_budget:
                 stop |= self._validate()
             checkpoint.save(self.out_dir / "last", self._bundle())
             if stop:
@@ -155,11 +152,29 @@ class SftTrainer:
             "best_epoch": self.state.best_epoch,
             "best_val_ndcg@10": self.state.best_metric,
             "epochs": self.state.epoch,
+            "steps": self.state.step,
             "seconds_per_epoch": float(np.mean(self.state.epoch_seconds or [0.0])),
+            "train_minutes": self.state.train_seconds / 60,
             "parameters": count_parameters(self.model),
         }
 
-    def _train_epoch(self, deadline: float | None) -> bool:
+    def _fit_schedule_to_budget(self) -> None:
+        """Shrinks the cosine horizon so the lr reaches 0 when `max_minutes` of training is up.
+
+        Without this a time cap cuts the schedule mid-way, at a high lr, and the model never
+        gets the low-lr steps that give most of the final quality. The step rate is measured
+        on this run's own steps (validation time excluded), re-estimated as training goes on.
+        """
+        budget = self.cfg.train.max_minutes
+        if not budget or self.state.step < 20:
+            return
+        rate = self.state.step / max(self.state.train_seconds, 1e-9)  # steps per second
+        fits = int(rate * 60 * budget)
+        if fits < self.schedule.total_steps:
+            self.schedule.total_steps = max(fits, self.state.step + 1)
+
+    def _train_epoch(self) -> bool:
+        """One epoch; returns True when the step horizon (epochs or time budget) is used up."""
         cfg = self.cfg.train
         rng = np.random.default_rng([self.cfg.run.seed, self.state.epoch])
         batches = length_bucketed_batches(
@@ -175,6 +190,7 @@ class SftTrainer:
         )
         for members in bar:
             # Forward and backward on one batch.
+            step_started = time.perf_counter()
             batch = self._collate([self.examples[i] for i in members])
             loss = self.model(**batch).loss
             self.optimizer.zero_grad(set_to_none=True)
@@ -184,14 +200,21 @@ class SftTrainer:
             self.scheduler.step()
             self.state.step += 1
             tokens += int(batch["attention_mask"].sum())
+            self.state.train_seconds += time.perf_counter() - step_started
+            if self.state.step in (20, 100) or self.state.step % 500 == 0:
+                self._fit_schedule_to_budget()
 
             # Log one line per `log_every` steps.
             if self.state.step % cfg.log_every == 0:
                 elapsed = time.perf_counter() - window_start
                 self._log_step(loss.item(), grad_norm.item(), tokens / max(elapsed, 1e-9))
                 tokens, window_start = 0, time.perf_counter()
-            if deadline is not None and time.monotonic() > deadline:
-                logger.info("sft: max_minutes reached at step %d", self.state.step)
+            if self.state.step >= self.schedule.total_steps:
+                logger.info(
+                    "sft: schedule ends at step %d (%.1f training minutes)",
+                    self.state.step,
+                    self.state.train_seconds / 60,
+                )
                 return True
         return False
 
@@ -323,16 +346,19 @@ def length_bucketed_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
-def warmup_cosine(
-    optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up to the base lr, then cosine decay to 0 at `total_steps`."""
-    warmup = max(1, int(total_steps * warmup_ratio))
+class WarmupCosine:
+    """lr factor: linear warm-up to the base lr, then cosine decay to 0 at `total_steps`.
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    A callable object rather than a closure so that `LambdaLR.state_dict()` saves
+    `total_steps`, which the time budget may shrink during training (resume keeps it).
+    """
+
+    def __init__(self, total_steps: int, warmup_ratio: float) -> None:
+        self.total_steps = max(1, total_steps)
+        self.warmup = max(1, int(self.total_steps * warmup_ratio))
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total_steps - self.warmup))
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -90,6 +90,29 @@ def test_exclusion_removes_history_items(ranker):
         assert not set(row.tolist()) & set(history.tolist())
 
 
+def test_exclusion_inside_beam_keeps_every_slot_and_matches_exact(ranker):
+    # Histories of up to 40 of 50 items: post-hoc filtering of 12 beams would leave holes.
+    rng = np.random.default_rng(6)
+    histories = [rng.choice(50, size=n, replace=False) for n in (5, 20, 38)]
+    beam = ranker.rank(histories, k=10, beam_width=12, exclude=histories)
+    assert (beam.items >= 0).all()
+    wide = ranker.rank(histories, k=10, beam_width=ranker.trie.num_sids, exclude=histories)
+    exact = ranker.rank(histories, k=10, ranker="exact", exclude=histories)
+    np.testing.assert_array_equal(wide.items, exact.items)
+
+
+def test_shared_id_is_banned_only_when_all_its_items_are():
+    torch.manual_seed(0)
+    codes = np.array([[0, 1], [0, 1], [1, 0], [1, 1]])  # items 0 and 1 share an ID
+    table = SemanticIdTable(codes, [2, 2], "external")
+    model, vocab = build_backbone(ModelConfig(preset="tiny"), [2, 2], ["a", "b"], 4)
+    ranker = ItemRanker(model.eval(), vocab, table)
+    banned = ranker.banned_sids([np.array([0]), np.array([0, 1, 3])])
+    assert banned.tolist() == [[False, False, False], [True, False, True]]
+    ranking = ranker.rank([np.array([2])], k=4, beam_width=3, exclude=[np.array([0])])
+    assert sorted(ranking.items[0].tolist()) == [-1, 1, 2, 3]
+
+
 def test_shared_ids_expand_to_all_items():
     torch.manual_seed(0)
     codes = np.array([[0, 1], [0, 1], [1, 0], [1, 1]])  # items 0 and 1 share an ID

@@ -53,3 +53,26 @@ def test_step_rejects_invalid_and_dead_rows():
     assert not trie.contains(torch.tensor([[0, 0], [2, 1]])).any()
     assert trie.sid_index(torch.tensor([[2, 0], [0, 0]])).tolist() == [1, -1]
     assert trie.branching() == [2, 1]
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(st.integers(2, 4), min_size=1, max_size=4),
+    n=st.integers(1, 30),
+    seed=st.integers(0, 1000),
+)
+def test_alive_nodes_are_the_prefixes_of_admissible_ids(sizes, n, seed):
+    rng = np.random.default_rng(seed)
+    codes = np.stack([rng.integers(0, s, n) for s in sizes], axis=1)
+    trie = SidTrie(codes, sizes)
+    admissible = torch.from_numpy(rng.random((3, trie.num_sids)) < 0.4)  # [B, S]
+    alive = trie.alive_nodes(admissible)
+    sids = trie.sids.numpy()
+    for depth in range(1, len(sizes) + 1):
+        # A depth-d node is alive iff some admissible ID starts with its prefix.
+        prefixes = np.unique(sids[:, :depth], axis=0)
+        nodes = trie.walk(torch.from_numpy(prefixes)).numpy()
+        for row in range(3):
+            ok = {tuple(s[:depth]) for s in sids[admissible[row].numpy()].tolist()}
+            want = [tuple(p) in ok for p in prefixes.tolist()]
+            assert alive[depth - 1][row, nodes].tolist() == want

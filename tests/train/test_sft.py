@@ -13,7 +13,7 @@ from gflowgr_dist.data.synthetic import load_synthetic
 from gflowgr_dist.semantic_ids import build_semantic_ids
 from gflowgr_dist.tracking import read_metrics
 from gflowgr_dist.train import checkpoint
-from gflowgr_dist.train.sft import SftTrainer
+from gflowgr_dist.train.sft import SftTrainer, WarmupCosine
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def _cfg(tmp_path, *extra):
 @pytest.mark.parametrize("arch", ["decoder", "t5"])
 def test_sft_learns_the_cluster_structure(tmp_path, data, arch):
     dataset, splits, table = data
-    cfg = _cfg(tmp_path, f"model.arch={arch}", "train.epochs=6", "train.patience=6")
+    cfg = _cfg(tmp_path, f"model.arch={arch}", "train.epochs=12", "train.patience=12")
     trainer = SftTrainer(cfg, dataset, splits, table, tmp_path / "sft")
     before = trainer.evaluate("valid").summary["ndcg@10"]
     fit = trainer.fit()
@@ -92,10 +92,10 @@ def test_resume_reaches_the_same_weights(tmp_path, data, monkeypatch):
     crashing = SftTrainer(cfg, dataset, splits, table, tmp_path / "b")
     real_epoch = SftTrainer._train_epoch
 
-    def epoch_then_crash(self, deadline):
+    def epoch_then_crash(self):
         if self.state.epoch == 1:
             raise _CrashError
-        return real_epoch(self, deadline)
+        return real_epoch(self)
 
     monkeypatch.setattr(SftTrainer, "_train_epoch", epoch_then_crash)
     with pytest.raises(_CrashError):
@@ -109,3 +109,23 @@ def test_resume_reaches_the_same_weights(tmp_path, data, monkeypatch):
         straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_warmup_cosine_shape():
+    schedule = WarmupCosine(total_steps=100, warmup_ratio=0.1)
+    factors = [schedule(step) for step in range(101)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[55] == pytest.approx(0.5) and factors[100] == pytest.approx(0.0)
+    assert np.all(np.diff(factors[9:]) <= 1e-12)
+
+
+def test_time_budget_shrinks_the_schedule_so_lr_reaches_zero(tmp_path, data):
+    dataset, splits, table = data
+    # 200 epochs would take minutes; a 0.05-minute budget must end the cosine on time.
+    cfg = _cfg(tmp_path, "train.epochs=200", "train.patience=200", "train.max_minutes=0.05")
+    trainer = SftTrainer(cfg, dataset, splits, table, tmp_path / "s")
+    fit = trainer.fit()
+    assert fit["epochs"] < 200
+    assert trainer.schedule.total_steps == trainer.state.step
+    assert trainer.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)
+    assert fit["train_minutes"] < 0.05 * 1.5
