@@ -265,7 +265,114 @@ class SasRecSection(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
 
 
-EXPERIMENT_MODELS = ("pop", "sasrec-bce", "sasrec-ce", "sft-decoder", "sft-t5")
+STRATEGIES = ("logs", "random", "cf", "on_policy")
+
+
+class SamplerConfig(_Section):
+    """The adaptive trajectory sampler: N augmented items per training example (paper.md §3).
+
+    Each augmented slot draws its strategy from a mixture whose weights move linearly from
+    `weights_start` to `weights_end` over training (the "adaptive" rule); the CF curriculum's
+    percentile band of SASRec scores moves from `cf_band_start` (easy, low scores) to
+    `cf_band_end` (hard, high scores) on the same clock.
+    """
+
+    num_augmented: int = Field(3, ge=0, le=64, description="N augmented items per example.")
+    weights_start: dict[str, float] = Field(
+        default_factory=lambda: {"logs": 0.0, "random": 0.25, "cf": 0.75, "on_policy": 0.0}
+    )
+    weights_end: dict[str, float] = Field(
+        default_factory=lambda: {"logs": 0.0, "random": 0.1, "cf": 0.9, "on_policy": 0.0}
+    )
+    cf_band_start: tuple[float, float] = Field(
+        (0.0, 0.5), description="CF percentile band at the start (0 = lowest score)."
+    )
+    cf_band_end: tuple[float, float] = Field(
+        (0.9, 1.0), description="CF percentile band at the end (1 = highest score)."
+    )
+    exclude_history: bool = Field(
+        True, description="Never augment with items the user already has (logs aside)."
+    )
+    temperature: float = Field(1.0, gt=0.0, le=100.0, description="on_policy sampling.")
+    liked_rating: float = Field(4.0, description="Rating at or above which a log is 'liked'.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SamplerConfig:
+        for name in ("weights_start", "weights_end"):
+            weights = getattr(self, name)
+            unknown = [k for k in weights if k not in STRATEGIES]
+            if unknown:
+                raise ValueError(
+                    f"{name} has unknown strategies {unknown}; choose from {STRATEGIES}"
+                )
+            if any(v < 0 for v in weights.values()) or sum(weights.values()) <= 0:
+                raise ValueError(f"{name}={weights} needs non-negative weights with sum > 0")
+        for name in ("cf_band_start", "cf_band_end"):
+            low, high = getattr(self, name)
+            if not 0.0 <= low < high <= 1.0:
+                raise ValueError(f"{name}={[low, high]} must satisfy 0 <= low < high <= 1")
+        return self
+
+
+class RewardConfig(_Section):
+    """R = r_a + r_ŷ + r_sim (paper.md §4), floored by ε and raised to β in the log domain."""
+
+    liked: float = Field(10.0, ge=0.0, description="r_a of a liked item (the positive).")
+    clicked: float = Field(1.0, ge=0.0, description="r_a of a clicked (low-rated) item.")
+    unobserved: float = Field(0.0, ge=0.0, description="r_a of an item the user never saw.")
+    score: Literal["cf", "lm", "none"] = Field(
+        "cf", description="r_ŷ: SASRec score or the LM's own likelihood, per user in [0, 1]."
+    )
+    sim: Literal["position", "prefix", "none"] = Field(
+        "position", description="r_sim: codes equal position-wise, or the shared prefix length."
+    )
+    use_action: bool = Field(True, description="Include r_a (ablation switch).")
+    fusion: Literal["sum", "weighted", "mlp"] = "sum"
+    weights: tuple[float, float, float] = Field(
+        (1.0, 1.0, 1.0), description="Initial (r_a, r_ŷ, r_sim) weights for 'weighted'."
+    )
+    beta: float = Field(1.0, gt=0.0, le=100.0, description="Reward exponent: log R^β.")
+    eps: float = Field(1e-3, gt=0.0, description="Floor ε: log(R + ε).")
+
+
+class GfnConfig(_Section):
+    """GFlowGR fine-tuning (and the DPO / S-DPO / GRPO baselines on the same data)."""
+
+    algorithm: Literal["tb", "db", "subtb", "dpo", "sdpo", "grpo", "sft"] = "tb"
+    lam: float = Field(1.0, ge=0.0, le=1e4, description="λ in L_GR + λ Σ_n L_GFN.")
+    log_z: Literal["head", "vargrad"] = Field(
+        "head", description="TB's log Z(U): an MLP head, or the per-example VarGrad estimate."
+    )
+    log_z_lr_multiplier: float = Field(10.0, gt=0.0, le=1e4)
+    subtb_lambda: float = Field(0.9, gt=0.0)
+    init_checkpoint: Path | None = Field(
+        None, description="Start from this SFT checkpoint folder (None: from scratch)."
+    )
+    dpo_beta: float = Field(0.1, gt=0.0, description="DPO / S-DPO temperature β.")
+    grpo_group: int = Field(4, ge=2, le=256, description="GRPO samples per prompt.")
+    grpo_kl: float = Field(0.04, ge=0.0, description="GRPO KL weight to the reference.")
+    on_error: Literal["stop", "skip"] = Field(
+        "stop", description="Non-finite reward or loss: stop the run, or skip the step."
+    )
+    calibration_users: int = Field(200, ge=0, description="Held-out users for calibration.")
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+
+
+EXPERIMENT_MODELS = (
+    "pop",
+    "sasrec-bce",
+    "sasrec-ce",
+    "sft-decoder",
+    "sft-t5",
+    "gfn-tb",
+    "gfn-db",
+    "gfn-subtb",
+    "dpo",
+    "sdpo",
+    "grpo",
+    "cont-sft",
+)
 
 
 class ExperimentConfig(_Section):
@@ -280,12 +387,19 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _known_models(self) -> ExperimentConfig:
-        unknown = [m for m in [*self.models, *self.overrides] if m not in EXPERIMENT_MODELS]
+        names = [*self.models, *self.overrides]
+        unknown = [m for m in names if model_kind(m) not in EXPERIMENT_MODELS]
         if unknown:
             raise ValueError(
-                f"unknown model(s) {unknown}; choose from {', '.join(EXPERIMENT_MODELS)}"
+                f"unknown model(s) {unknown}; choose from {', '.join(EXPERIMENT_MODELS)}, "
+                "optionally with a variant tag (e.g. gfn-tb+lam0.1)"
             )
         return self
+
+
+def model_kind(name: str) -> str:
+    """`gfn-tb+lam0.1` -> `gfn-tb`: a table row's kind, before its variant tag."""
+    return name.split("+", 1)[0]
 
 
 class LoggingConfig(_Section):
@@ -306,6 +420,7 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sasrec: SasRecSection = Field(default_factory=SasRecSection)
+    gfn: GfnConfig = Field(default_factory=GfnConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
