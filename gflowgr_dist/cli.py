@@ -6,6 +6,7 @@
     gflowgr sft      ...   train the backbone (SFT) and evaluate it on test
     gflowgr evaluate ...   full-ranking evaluation of a checkpoint
     gflowgr bench decode   our beam search vs transformers generate, and vs exact scoring
+    gflowgr report   --dir outputs/ml100k-gfn   Markdown table with p-values, and PNG plots
 
 Errors a user can cause (bad config, missing or malformed files) are printed as one message
 without a traceback, and the command exits with status 2.
@@ -127,6 +128,17 @@ def cmd_table(cfg: Config, args: argparse.Namespace) -> None:
     print(f"(per-seed results in {cfg.run.output_dir / 'results.json'})")
 
 
+def cmd_report(cfg: Config, args: argparse.Namespace) -> None:
+    from gflowgr_dist.experiments.report import build_report
+
+    folder = args.dir if args.dir is not None else cfg.run.output_dir
+    report = build_report(folder, baseline=args.baseline)
+    print(f"== report: {folder}, test, mean ± std over seeds; p vs {args.baseline}")
+    print(report["markdown"])
+    names = ", ".join(path.name for path in report["paths"].values())
+    print(f"(written to {report['out_dir']}: {names})")
+
+
 COMMANDS: dict[str, tuple[Callable[..., None], str]] = {
     "run": (cmd_run, "run the whole pipeline (the README's main job)"),
     "prepare": (cmd_prepare, "load and split a dataset into Parquet"),
@@ -134,6 +146,7 @@ COMMANDS: dict[str, tuple[Callable[..., None], str]] = {
     "sft": (cmd_sft, "train the backbone with SFT and evaluate it on test"),
     "evaluate": (cmd_evaluate, "full-ranking evaluation of a checkpoint"),
     "table": (cmd_table, "baseline table: pop, SASRec, SFT decoder and T5 over seeds"),
+    "report": (cmd_report, "results table with paired-bootstrap p-values, and plots"),
     "bench": (cmd_bench, "benchmarks: `bench decode` (beam search vs transformers generate)"),
 }
 
@@ -179,6 +192,13 @@ def _command_arguments(name: str, cmd: argparse.ArgumentParser) -> None:
     if name == "table":
         cmd.add_argument(
             "--aggregate-only", action="store_true", help="aggregate finished cells, run none"
+        )
+    if name == "report":
+        cmd.add_argument(
+            "--dir", type=Path, default=None, help="experiment folder (default: run.output_dir)"
+        )
+        cmd.add_argument(
+            "--baseline", default="sft-decoder", metavar="NAME", help="row p is tested against"
         )
     if name == "bench":
         cmd.add_argument("what", choices=("decode",), help="which benchmark")
