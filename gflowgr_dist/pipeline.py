@@ -2,6 +2,8 @@
 
     prepare   raw source -> data/ (Parquet: interactions, items, users, splits; meta.json)
     tokenize  data/ -> semantic_ids/ (sid_table.parquet, semantic_ids.json)
+    sft       semantic_ids/ + data/ -> sft-<arch>/ (checkpoints best/ last/, test results)
+    gflowgr   sft-<arch>/best -> gfn-<algorithm>/ (GFlowGR or a baseline, test results)
 
 `run_all` chains the stages; it is what the README's first command runs.
 """
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gflowgr_dist.config import Config
+from gflowgr_dist.errors import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -142,3 +145,55 @@ def evaluate_checkpoint(cfg: Config, folder: Path, *, split: str = "test") -> di
 def run_all(cfg: Config) -> dict[str, Any]:
     """The main job: every stage in order; returns each stage's statistics by name."""
     return {"data": prepare(cfg), "semantic_ids": tokenize(cfg), "sft": sft(cfg)}
+
+
+def gfn_dir(cfg: Config) -> Path:
+    return cfg.run.output_dir / f"gfn-{cfg.gfn.algorithm}"
+
+
+def needs_cf(cfg: Config) -> bool:
+    """Whether the run reads the collaborative model (CF curriculum or CF reward)."""
+    sampler = cfg.gfn.sampler
+    uses_band = sampler.weights_start.get("cf", 0) > 0 or sampler.weights_end.get("cf", 0) > 0
+    return cfg.gfn.algorithm != "sft" and (uses_band or cfg.gfn.reward.score == "cf")
+
+
+def gflowgr(cfg: Config, *, out: Path | None = None, resume: bool = False) -> dict[str, Any]:
+    """GFlowGR (or a baseline) fine-tuning from the SFT checkpoint, then test evaluation.
+
+    The start is `gfn.init_checkpoint`, else this run's `sft-<arch>/best` when it exists, else
+    a fresh backbone (joint training from scratch).
+    """
+    from gflowgr_dist.data.store import read_prepared
+    from gflowgr_dist.semantic_ids.table import SemanticIdTable
+    from gflowgr_dist.train import checkpoint
+    from gflowgr_dist.train.cf import load_or_train_cf
+    from gflowgr_dist.train.gflowgr import GflowgrTrainer
+
+    dataset, splits, _ = read_prepared(data_dir(cfg))
+    out = Path(out or gfn_dir(cfg))
+    init = cfg.gfn.init_checkpoint or sft_dir(cfg) / "best"
+    model = vocab = None
+    if Path(init).exists():
+        model, vocab, table, _ = checkpoint.load_model(init)
+        logger.info("gfn: starting from %s", init)
+    elif cfg.gfn.init_checkpoint is not None:
+        raise DataError(
+            f"gfn.init_checkpoint={str(init)!r} does not exist; run `gflowgr sft` first or "
+            "unset it to train jointly from scratch"
+        )
+    else:
+        table = SemanticIdTable.load(sid_dir(cfg))
+        logger.info("gfn: no SFT checkpoint at %s; training jointly from scratch", init)
+    cf_model = load_or_train_cf(cfg, dataset, splits) if needs_cf(cfg) else None
+    trainer = GflowgrTrainer(
+        cfg, dataset, splits, table, out, model=model, vocab=vocab, cf_model=cf_model
+    )
+    fit = trainer.fit(resume=resume)
+    if (out / "best").exists():
+        trainer.model.load_state_dict(checkpoint.load_model(out / "best")[0].state_dict())
+    result = trainer.evaluate("test", per_user_path=out / "eval_test.parquet")
+    calibration = trainer.calibration(out / "calibration.parquet")["pearson"]
+    summary = {"train": fit, "test": result.summary | {"calibration": calibration}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -60,6 +60,9 @@ def run_cell(cfg: Config, model: str) -> dict[str, Any]:
         sasrec, fit = train_sasrec(
             dataset, splits, sas_cfg, log_dir=out, progress=cfg.logging.progress
         )
+        from gflowgr_dist.train.cf import save_sasrec
+
+        save_sasrec(sasrec, out / "model.safetensors")  # the CF model of later GFlowGR runs
         score = sasrec.scores
         cost = fit["seconds_per_epoch"]
 

@@ -6,6 +6,7 @@ A checkpoint folder holds:
   `AutoModelForCausalLM` / `AutoModelForSeq2SeqLM.from_pretrained` and no code of ours;
 - `sid_table.parquet`, `semantic_ids.json`: the item <-> semantic-ID table the model decodes;
 - `vocab.json`: how codes map to token ids; `config.yaml`: the run's resolved config;
+- `heads.safetensors` (GFlowGR): the log Z / flow heads and learnable reward fusion;
 - `trainer_state.pt`: optimizer, scheduler, RNG states and counters, read back with
   `torch.load(weights_only=True)` (tensors and plain containers only; no pickle of objects).
 
@@ -44,6 +45,7 @@ class Bundle:
     optimizer: torch.optim.Optimizer | None = None
     scheduler: Any = None
     state: dict[str, Any] | None = None
+    heads: dict[str, torch.nn.Module] | None = None
 
 
 def save(folder: Path, bundle: Bundle) -> Path:
@@ -55,6 +57,8 @@ def save(folder: Path, bundle: Bundle) -> Path:
         bundle.table.save(tmp)
         (tmp / "vocab.json").write_text(json.dumps(bundle.vocab.to_dict(), indent=2))
         (tmp / "config.yaml").write_text(bundle.config.to_yaml())
+        if bundle.heads:
+            save_heads(tmp / "heads.safetensors", bundle.heads)
         if bundle.optimizer is not None:
             torch.save(_trainer_state(bundle), tmp / "trainer_state.pt")
         old = folder.with_name(f".{folder.name}.old")
@@ -65,6 +69,29 @@ def save(folder: Path, bundle: Bundle) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def save_heads(path: Path, heads: dict[str, torch.nn.Module]) -> None:
+    """Every head's tensors in one safetensors file, keyed `<head>.<parameter>`."""
+    from safetensors.torch import save_file
+
+    tensors = {
+        f"{name}.{key}": value.detach().cpu().contiguous()
+        for name, module in heads.items()
+        for key, value in module.state_dict().items()
+    }
+    save_file(tensors, str(path))
+
+
+def load_heads(path: Path, heads: dict[str, torch.nn.Module]) -> None:
+    """Loads what `save_heads` wrote into `heads` (strict: every key must match)."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    for name, module in heads.items():
+        prefix = f"{name}."
+        own = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+        module.load_state_dict(own)
 
 
 def _trainer_state(bundle: Bundle) -> dict[str, Any]:
@@ -116,8 +143,9 @@ def load_training_state(
     model: PreTrainedModel,
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
+    heads: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
-    """Restores weights, optimizer, scheduler and RNG from `folder`; returns the counters."""
+    """Restores weights, heads, optimizer, scheduler and RNG from `folder`; returns counters."""
     folder = Path(folder)
     state_path = folder / "trainer_state.pt"
     if not state_path.is_file():
@@ -126,6 +154,8 @@ def load_training_state(
         )
     saved = type(model).from_pretrained(str(folder / "model"))
     model.load_state_dict(saved.state_dict())
+    if heads:
+        load_heads(folder / "heads.safetensors", heads)
     blob = torch.load(state_path, weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
     if scheduler is not None and blob["scheduler"] is not None:

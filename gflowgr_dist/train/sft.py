@@ -63,6 +63,8 @@ def seed_everything(seed: int) -> None:
 class SftTrainer:
     """Trains one backbone on one prepared dataset (see module docstring)."""
 
+    role = "sft"  # metric namespace and log prefix
+
     def __init__(
         self,
         cfg: Config,
@@ -189,17 +191,18 @@ class SftTrainer:
             disable=not self.cfg.logging.progress,
         )
         for members in bar:
-            # Forward and backward on one batch.
+            # Forward and backward on one batch (a loss of None skips the step).
             step_started = time.perf_counter()
-            batch = self._collate([self.examples[i] for i in members])
-            loss = self.model(**batch).loss
+            loss, extra = self._loss([self.examples[i] for i in members])
+            if loss is None:
+                continue
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self._trained_parameters(), cfg.grad_clip)
             self.optimizer.step()
             self.scheduler.step()
             self.state.step += 1
-            tokens += int(batch["attention_mask"].sum())
+            tokens += int(extra.pop("tokens"))
             self.state.train_seconds += time.perf_counter() - step_started
             if self.state.step in (20, 100) or self.state.step % 500 == 0:
                 self._fit_schedule_to_budget()
@@ -207,38 +210,34 @@ class SftTrainer:
             # Log one line per `log_every` steps.
             if self.state.step % cfg.log_every == 0:
                 elapsed = time.perf_counter() - window_start
-                self._log_step(loss.item(), grad_norm.item(), tokens / max(elapsed, 1e-9))
+                extra |= {"grad_norm": grad_norm.item(), "tokens_per_s": tokens / elapsed}
+                self._log_step(loss.item(), extra)
                 tokens, window_start = 0, time.perf_counter()
             if self.state.step >= self.schedule.total_steps:
                 logger.info(
-                    "sft: schedule ends at step %d (%.1f training minutes)",
+                    "%s: schedule ends at step %d (%.1f training minutes)",
+                    self.role,
                     self.state.step,
                     self.state.train_seconds / 60,
                 )
                 return True
         return False
 
-    def _log_step(self, loss: float, grad_norm: float, tokens_per_s: float) -> None:
+    def _loss(self, chunk: list[Any]) -> tuple[torch.Tensor | None, dict[str, float]]:
+        """SFT: next-token cross-entropy of one batch; the dict carries `tokens` and extras."""
+        batch = self._collate(chunk)
+        return self.model(**batch).loss, {"tokens": float(batch["attention_mask"].sum())}
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _log_step(self, loss: float, extra: dict[str, float]) -> None:
+        """One line with fixed fields per logging step; every value to the metrics files."""
         lr = self.scheduler.get_last_lr()[0]
-        logger.info(
-            "step=%d epoch=%d loss=%.4f grad_norm=%.3f lr=%.2e tok/s=%.0f",
-            self.state.step,
-            self.state.epoch + 1,
-            loss,
-            grad_norm,
-            lr,
-            tokens_per_s,
-        )
-        self.metrics.log(
-            self.state.step,
-            {
-                "sft/loss": loss,
-                "sft/grad_norm": grad_norm,
-                "sft/lr": lr,
-                "sft/tokens_per_s": tokens_per_s,
-                "sft/epoch": self.state.epoch + 1,
-            },
-        )
+        fields = {"loss": loss, **extra, "lr": lr, "epoch": self.state.epoch + 1}
+        text = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
+        logger.info("%s step=%d %s", self.role, self.state.step, text)
+        self.metrics.log(self.state.step, {f"{self.role}/{k}": v for k, v in fields.items()})
 
     def _validate(self) -> bool:
         """Evaluates on validation; returns True when patience is exhausted."""
@@ -263,13 +262,18 @@ class SftTrainer:
         self.metrics.log(
             self.state.step,
             {
-                "sft/val_ndcg@10": ndcg,
-                "sft/val_recall@10": result.summary["recall@10"],
-                "sft/epoch_seconds": self.state.epoch_seconds[-1],
-                "sft/epoch": self.state.epoch,
+                f"{self.role}/val_ndcg@10": ndcg,
+                f"{self.role}/val_recall@10": result.summary["recall@10"],
+                f"{self.role}/epoch_seconds": self.state.epoch_seconds[-1],
+                f"{self.role}/epoch": self.state.epoch,
+                **self._validation_extras(),
             },
         )
         return self.state.bad_evals >= self.cfg.train.patience
+
+    def _validation_extras(self) -> dict[str, float]:
+        """Further validation metrics a subclass adds (GFlowGR: flow calibration)."""
+        return {}
 
     def evaluate(
         self, split: str, *, max_users: int | None = None, per_user_path: Path | None = None
@@ -311,15 +315,28 @@ class SftTrainer:
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             state=self.state.__dict__,
+            heads=self._heads(),
         )
+
+    def _heads(self) -> dict[str, torch.nn.Module]:
+        """Trained modules besides the backbone (none for SFT)."""
+        return {}
 
     def _resume(self) -> None:
         folder = self.out_dir / "last"
-        state = checkpoint.load_training_state(folder, self.model, self.optimizer, self.scheduler)
+        state = checkpoint.load_training_state(
+            folder, self.model, self.optimizer, self.scheduler, self._heads()
+        )
         self.state = TrainState(**state)
         logger.info(
             "sft: resumed from %s at epoch %d, step %d", folder, self.state.epoch, self.state.step
         )
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, int) or (float(value).is_integer() and abs(value) < 1e6):
+        return str(int(value))
+    return f"{value:.4g}"
 
 
 def length_bucketed_batches(

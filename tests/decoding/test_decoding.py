@@ -123,3 +123,51 @@ def test_shared_ids_expand_to_all_items():
     assert sorted(ranking.items[0].tolist()) == [0, 1, 2, 3]
     first = ranking.items[0].tolist().index(0)
     assert ranking.scores[0][first] == ranking.scores[0][ranking.items[0].tolist().index(1)]
+
+
+def test_sampling_follows_the_trie_restricted_policy(ranker):
+    from gflowgr_dist.decoding.sampling import sample_sids
+
+    history = _histories(7, n=1)
+    prompts = ranker.prompts(history)
+    generator = torch.Generator().manual_seed(0)
+    codes = sample_sids(
+        ranker.stepper, prompts, ranker.trie, ranker.vocab, num_samples=4000, generator=generator
+    )[0]  # [n, L]
+    assert ranker.trie.contains(codes).all()
+
+    # Empirical frequencies of the IDs match exp(Σ_l trie-restricted log P_F).
+    sids = ranker.trie.sids
+    counts = {tuple(c): 0 for c in sids.tolist()}
+    for row in codes.tolist():
+        counts[tuple(row)] += 1
+    probs = _trie_probs(ranker, history[0])
+    observed = np.array([counts[tuple(c)] for c in sids.tolist()]) / len(codes)
+    assert np.abs(observed - probs).sum() < 0.12  # total variation at n = 4000
+
+
+def _trie_probs(ranker, history):
+    """P(ID) = Π_l softmax over trie-allowed codes, by brute force over every ID."""
+    sids = ranker.trie.sids
+    vocab = ranker.vocab
+    probs = []
+    with torch.no_grad():
+        for code in sids.tolist():
+            tokens = vocab.item_tokens(np.array([code]))[0]
+            if ranker.stepper.encoder_decoder:
+                labels = torch.tensor([[*tokens.tolist(), vocab.eos_id]])
+                logits = ranker.model(**ranker.prompts([history]), labels=labels).logits[0]
+                steps = logits[: vocab.num_levels]
+            else:
+                prompt = ranker.prompts([history])["input_ids"][0].tolist()
+                seq = torch.tensor([prompt + tokens.tolist()])
+                logits = ranker.model(input_ids=seq).logits[0]
+                steps = logits[len(prompt) - 1 : len(prompt) - 1 + vocab.num_levels]
+            total, prefix = 0.0, []
+            for level, row in enumerate(steps):
+                allowed = ranker.trie.allowed_after(torch.tensor([prefix], dtype=torch.long))[0]
+                part = row[vocab.level_slice(level)].masked_fill(~allowed, float("-inf"))
+                total += float(part.log_softmax(-1)[code[level]])
+                prefix.append(code[level])
+            probs.append(np.exp(total))
+    return np.array(probs)
