@@ -380,6 +380,15 @@ class GflowgrTrainer(SftTrainer):
         out["cf_band_low"], out["cf_band_high"] = schedule.cf_band
         return out
 
+    def _train_batches_per_epoch(self) -> list[np.ndarray]:
+        from gflowgr_dist.train.sft import length_bucketed_batches
+
+        rng = np.random.default_rng([self.cfg.run.seed, 0])
+        train = self.cfg.train
+        return length_bucketed_batches(
+            self.lengths, train.batch_size, rng, fraction=train.epoch_fraction
+        )
+
     # --- validation -----------------------------------------------------------------------
 
     def _validation_extras(self) -> dict[str, float]:
@@ -390,6 +399,9 @@ class GflowgrTrainer(SftTrainer):
     @torch.no_grad()
     def calibration(self, path: Path | None = None) -> dict[str, float]:
         """Pearson r of log P_θ(item | user) vs log R(item | user) on validation users.
+
+        Both are centred per user first: TB's fixed point is log P = log R − log Z(U), so
+        only the within-user variation is the flow's to match (log Z differs by user).
 
         Items: each user's positive plus N items from the sampler at the end of its schedule
         (progress 1), so the pairs cover liked, CF-likely and random items.
@@ -416,9 +428,10 @@ class GflowgrTrainer(SftTrainer):
         items = np.concatenate([targets[:, None], augmentation.items], axis=1)
         levels = np.concatenate([batch.target_levels[:, None], augmentation.levels], axis=1)
         log_rewards, _ = self._rewards(items, levels, batch, scored)
-        log_p = scored.log_pf.sum(-1).reshape(-1).double().numpy()
-        log_r = log_rewards.reshape(-1).double().numpy()
-        pearson = float(np.corrcoef(log_p, log_r)[0, 1]) if log_p.std() > 0 else math.nan
+        log_p = scored.log_pf.sum(-1).double().numpy()  # [E, T]
+        log_r = log_rewards.double().numpy()  # [E, T]
+        pearson = within_user_pearson(log_p, log_r)
+        log_p, log_r = log_p.reshape(-1), log_r.reshape(-1)
         if path is not None:
             columns = {
                 "user": np.repeat(users, items.shape[1]),
@@ -428,3 +441,12 @@ class GflowgrTrainer(SftTrainer):
             }
             pq.write_table(pa.table(columns), path)
         return {"pearson": pearson}
+
+
+def within_user_pearson(log_p: np.ndarray, log_r: np.ndarray) -> float:
+    """Pearson r over all (user, item) pairs after centring each user's row, [E, T] inputs."""
+    p = (log_p - log_p.mean(axis=1, keepdims=True)).reshape(-1)
+    r = (log_r - log_r.mean(axis=1, keepdims=True)).reshape(-1)
+    if p.std() == 0 or r.std() == 0:
+        return math.nan
+    return float(np.corrcoef(p, r)[0, 1])
