@@ -5,6 +5,8 @@
     gflowgr tokenize ...   semantic IDs for the prepared items
     gflowgr sft      ...   train the backbone (SFT) and evaluate it on test
     gflowgr evaluate ...   full-ranking evaluation of a checkpoint
+    gflowgr train    ...   GFlowGR fine-tuning (gfn.algorithm: tb, db, subtb, dpo, sdpo, grpo)
+    gflowgr table / matrix  results over seeds; gflowgr report: Markdown + plots from them
     gflowgr bench decode   our beam search vs transformers generate, and vs exact scoring
     gflowgr report   --dir outputs/ml100k-gfn   Markdown table with p-values, and PNG plots
 
@@ -119,6 +121,22 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> None:
     print(format_bench(result))
 
 
+def cmd_train(cfg: Config, args: argparse.Namespace) -> None:
+    from gflowgr_dist.eval.evaluate import format_header, format_row
+    from gflowgr_dist.pipeline import gflowgr, gfn_dir
+
+    summary = gflowgr(cfg, resume=args.resume)
+    train = summary["train"]
+    print(f"== GFlowGR ({cfg.gfn.algorithm}, λ={cfg.gfn.lam}) -> {gfn_dir(cfg)}")
+    print(
+        f"{train['epochs']} epochs at {train['seconds_per_epoch']:.1f}s; best val NDCG@10 "
+        f"{train['best_val_ndcg@10']:.4f} (epoch {train['best_epoch']}); test calibration "
+        f"{summary['test']['calibration']:.3f}"
+    )
+    print(format_header())
+    print(format_row(f"gfn-{cfg.gfn.algorithm}", summary["test"]))
+
+
 def cmd_table(cfg: Config, args: argparse.Namespace) -> None:
     from gflowgr_dist.experiments.sft_table import markdown_table, run_table
 
@@ -145,6 +163,8 @@ COMMANDS: dict[str, tuple[Callable[..., None], str]] = {
     "tokenize": (cmd_tokenize, "build semantic IDs for the prepared items"),
     "sft": (cmd_sft, "train the backbone with SFT and evaluate it on test"),
     "evaluate": (cmd_evaluate, "full-ranking evaluation of a checkpoint"),
+    "train": (cmd_train, "GFlowGR fine-tuning (or DPO/S-DPO/GRPO) from the SFT checkpoint"),
+    "matrix": (cmd_table, "the experiment matrix: the table runner with GFlowGR rows"),
     "table": (cmd_table, "baseline table: pop, SASRec, SFT decoder and T5 over seeds"),
     "report": (cmd_report, "results table with paired-bootstrap p-values, and plots"),
     "bench": (cmd_bench, "benchmarks: `bench decode` (beam search vs transformers generate)"),
@@ -181,15 +201,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _command_arguments(name: str, cmd: argparse.ArgumentParser) -> None:
-    if name in ("run", "sft"):
-        cmd.add_argument("--resume", action="store_true", help="continue from sft-*/last")
+    if name in ("run", "sft", "train"):
+        cmd.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     if name in ("evaluate", "bench"):
         cmd.add_argument(
             "--checkpoint", type=Path, default=None, help="checkpoint folder (default: best SFT)"
         )
     if name == "evaluate":
         cmd.add_argument("--split", choices=("valid", "test"), default="test")
-    if name == "table":
+    if name in ("table", "matrix"):
         cmd.add_argument(
             "--aggregate-only", action="store_true", help="aggregate finished cells, run none"
         )

@@ -1,5 +1,8 @@
-"""`gflowgr table`: the baseline table — popularity, SASRec (BCE, CE), SFT decoder, SFT T5 —
-over several seeds on one dataset, with mean ± std and training time per epoch.
+"""`gflowgr table`: a results table over several seeds on one dataset, with mean ± std and
+training time per epoch. Rows are popularity, SASRec (BCE, CE), SFT (decoder, T5) and the
+fine-tuning methods that start from the seed's SFT decoder: GFlowGR (gfn-tb, gfn-db,
+gfn-subtb), DPO, S-DPO, GRPO and continued SFT (cont-sft). A row named `<kind>+<tag>` is a
+variant of `<kind>` with the overrides listed under its name (e.g. `gfn-tb+lam0.1`).
 
 Each seed is a whole run (its own semantic IDs, initialisation and shuffles) under
 `<output_dir>/seed<seed>/`; every model's per-user test results are kept as Parquet there, so
@@ -17,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from gflowgr_dist.config import Config, apply_overrides
+from gflowgr_dist.config import Config, apply_overrides, model_kind
 from gflowgr_dist.data.store import read_prepared
+from gflowgr_dist.errors import DataError
 from gflowgr_dist.eval.evaluate import evaluate
 from gflowgr_dist.eval.metrics import ranked_from_scores
 
@@ -29,19 +33,44 @@ TABLE_METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "coverage@10")
 
 def model_config(base: Config, model: str, seed: int) -> Config:
     """One (model, seed) cell's config: base + the model's overrides + its seed and folder."""
-    overrides = [*base.experiment.overrides.get(model, []), f"run.seed={seed}"]
-    overrides.append(f"run.output_dir={base.run.output_dir / f'seed{seed}'}")
-    if model.startswith("sft-"):
-        overrides.append(f"model.arch={model.removeprefix('sft-')}")
+    kind = model_kind(model)
+    overrides = [f"run.seed={seed}", f"run.output_dir={base.run.output_dir / f'seed{seed}'}"]
+    if kind.startswith("sft-"):
+        overrides.append(f"model.arch={kind.removeprefix('sft-')}")
+    if kind in FINE_TUNING:
+        overrides += ["model.arch=decoder", f"gfn.algorithm={FINE_TUNING[kind]}"]
+    overrides += base.experiment.overrides.get(kind, []) if kind != model else []
+    overrides += base.experiment.overrides.get(model, [])
     return apply_overrides(base, overrides)
+
+
+# Rows that fine-tune the seed's SFT decoder, and the trainer algorithm each runs.
+FINE_TUNING = {
+    "gfn-tb": "tb",
+    "gfn-db": "db",
+    "gfn-subtb": "subtb",
+    "dpo": "dpo",
+    "sdpo": "sdpo",
+    "grpo": "grpo",
+    "cont-sft": "sft",
+}
 
 
 def run_cell(cfg: Config, model: str) -> dict[str, Any]:
     """Trains and tests one model; returns its test summary and training cost."""
-    from gflowgr_dist.pipeline import data_dir, sft
+    from gflowgr_dist.pipeline import data_dir, gflowgr, sft, sft_dir
 
-    if model.startswith("sft-"):
+    kind = model_kind(model)
+    if kind.startswith("sft-"):
         summary = sft(cfg)
+        return {**summary["test"], "seconds_per_epoch": summary["train"]["seconds_per_epoch"]}
+    if kind in FINE_TUNING:
+        if not (sft_dir(cfg) / "best").exists():
+            raise DataError(
+                f"{model} fine-tunes the seed's SFT decoder, but {sft_dir(cfg) / 'best'} does "
+                "not exist; list sft-decoder before it in experiment.models"
+            )
+        summary = gflowgr(cfg, out=cfg.run.output_dir / model)
         return {**summary["test"], "seconds_per_epoch": summary["train"]["seconds_per_epoch"]}
     dataset, splits, _ = read_prepared(data_dir(cfg))
     out = cfg.run.output_dir / model
@@ -130,7 +159,10 @@ def _write(out: Path, base: Config, cells: dict[str, dict[int, dict[str, Any]]])
 def aggregate_cells(by_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample std over seeds of every table metric and of the epoch time."""
     out: dict[str, Any] = {"seeds": len(by_seed)}
-    for name in (*TABLE_METRICS, "seconds_per_epoch"):
+    names = [*TABLE_METRICS, "seconds_per_epoch"]
+    if all("calibration" in cell for cell in by_seed.values()):
+        names.append("calibration")
+    for name in names:
         values = np.array([cell[name] for cell in by_seed.values()], dtype=np.float64)
         out[name] = float(values.mean())
         out[f"{name}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0

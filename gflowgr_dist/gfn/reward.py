@@ -59,15 +59,19 @@ class RewardModel(nn.Module):
 
         Column 0 of `items` must be the positive (r_sim compares against it).
         """
-        action = self.level_values[levels] if self.cfg.use_action else torch.zeros(items.shape)
+        device = items.device  # zero parts must sit where the items do (a GPU)
+        if self.cfg.use_action:
+            action = self.level_values[levels]
+        else:
+            action = torch.zeros(items.shape, device=device)
         if score is None or self.cfg.score == "none":
-            score = torch.zeros(items.shape)
+            score = torch.zeros(items.shape, device=device)
         return RewardParts(action.float(), score.float(), self.similarity(items))
 
     def similarity(self, items: Tensor) -> Tensor:
         """r_sim of every item against column 0 (the positive), [E, T]."""
         if self.cfg.sim == "none":
-            return torch.zeros(items.shape)
+            return torch.zeros(items.shape, device=items.device)
         codes = self.codes[items]  # [E, T, L]
         equal = codes == codes[:, :1]  # [E, T, L]
         if self.cfg.sim == "prefix":
