@@ -93,3 +93,20 @@ def test_model_overrides_apply_per_cell(tmp_path):
     assert model_config(base, "sft-decoder", 7).train.lr == base.train.lr
     with pytest.raises(ConfigError, match="unknown model"):
         load_config(overrides=["experiment.models=[gru4rec]"])
+
+
+def test_matrix_variant_inherits_its_kind_and_adds_its_own_overrides():
+    from gflowgr_dist.config import load_config
+    from gflowgr_dist.experiments.sft_table import model_config
+
+    files = ["configs/ml100k.yaml", "configs/ml100k-table.yaml", "configs/ml100k-gfn.yaml"]
+    base = load_config(files)
+    tb = model_config(base, "gfn-tb", 43)
+    variant = model_config(base, "gfn-tb+random", 43)
+    assert (tb.gfn.algorithm, variant.gfn.algorithm) == ("tb", "tb")
+    assert variant.train.max_minutes == tb.train.max_minutes == 4
+    assert variant.gfn.sampler.weights_start == {"random": 1.0}
+    assert tb.gfn.sampler.weights_start["cf"] > 0
+    assert str(variant.run.output_dir).endswith("seed43") and variant.run.seed == 43
+    assert model_config(base, "sdpo", 42).gfn.algorithm == "sdpo"
+    assert model_config(base, "sft-decoder", 42).train.max_minutes == 5
