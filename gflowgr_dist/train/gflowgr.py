@@ -31,25 +31,13 @@ from torch import Tensor
 
 from gflowgr_dist.config import STRATEGIES, Config
 from gflowgr_dist.data.schema import RecDataset
-from gflowgr_dist.data.split import Splits, split_histories, training_sequences
-from gflowgr_dist.decoding.sampling import sample_sids
+from gflowgr_dist.data.split import Splits, split_histories
 from gflowgr_dist.gfn import losses, preference
 from gflowgr_dist.gfn.heads import FlowHead, LogZHead
-from gflowgr_dist.gfn.reward import RewardModel, lm_score, normalise_per_row
-from gflowgr_dist.gfn.sampler import (
-    CLICKED,
-    LIKED,
-    Augmentation,
-    ExampleBatch,
-    TrajectorySampler,
-)
-from gflowgr_dist.gfn.scoring import (
-    ScoredTrajectories,
-    score_decoder_windows,
-    score_seq2seq,
-    window_targets,
-)
-from gflowgr_dist.models.prompts import Window, decoder_prompts, encoder_prompts
+from gflowgr_dist.gfn.reward import RewardModel
+from gflowgr_dist.gfn.scoring import ScoredTrajectories, score_decoder_windows, score_seq2seq
+from gflowgr_dist.gfn.trajectories import TrajectoryBatch, TrajectorySource, trajectory_rewards
+from gflowgr_dist.models.prompts import Window
 from gflowgr_dist.semantic_ids.table import SemanticIdTable
 from gflowgr_dist.train.sft import SftTrainer
 
@@ -84,9 +72,8 @@ class GflowgrTrainer(SftTrainer):
         self.gfn = gfn
         self.trie = self.ranker.trie
         self.cf_model = cf_model
-        self.sampler = TrajectorySampler(gfn.sampler, dataset.num_items)
+        self.source = TrajectorySource(gfn, dataset, self.ranker, cf_model, seq2seq=self.seq2seq)
         self.reward = RewardModel(gfn.reward, table.codes)
-        self._user_logs()
         hidden = (
             self.model.config.hidden_size
             if hasattr(self.model.config, "hidden_size")
@@ -134,24 +121,6 @@ class GflowgrTrainer(SftTrainer):
         self.optimizer = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
 
-    def _user_logs(self) -> None:
-        """Each user's training items and behaviour levels (ratings >= liked_rating: liked)."""
-        users, sequences = training_sequences(self.dataset)
-        offsets = self.dataset.user_offsets()
-        ratings = self.dataset.ratings
-        liked = self.gfn.sampler.liked_rating
-        self.logs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        for user, seq in zip(users, sequences, strict=True):
-            rating = ratings[offsets[user] : offsets[user] + len(seq)]
-            level = np.where(np.isnan(rating) | (rating >= liked), LIKED, CLICKED)
-            order = np.argsort(seq, kind="stable")
-            self.logs[user] = (seq[order], level[order])
-
-    def _level_of(self, user: int, item: int) -> int:
-        items, levels = self.logs.get(user, (np.empty(0, np.int64), np.empty(0, np.int64)))
-        at = np.searchsorted(items, item)
-        return int(levels[at]) if at < len(items) and items[at] == item else LIKED
-
     # --- one step -------------------------------------------------------------------------
 
     def _train_epoch(self) -> bool:
@@ -162,99 +131,33 @@ class GflowgrTrainer(SftTrainer):
         return super()._train_epoch()
 
     def _loss(self, chunk: list[Any]) -> tuple[Tensor | None, dict[str, float]]:
-        users, histories, targets = self._unpack(chunk)
-        batch = self._example_batch(users, histories, targets)
+        """Rollout, reward and learner stages of one step, in this process."""
         progress = self.state.step / max(1, self.schedule.total_steps)
-        augmentation = self._augment(batch, histories, progress)
-        scored = self._score(chunk, histories, targets, augmentation.items)
-        items = np.concatenate([targets[:, None], augmentation.items], axis=1)  # [E, T]
-        levels = np.concatenate([batch.target_levels[:, None], augmentation.levels], axis=1)
-        log_rewards, rewards = self._rewards(items, levels, batch, scored)
+        ids = np.arange(len(chunk))
+        batch = self.source.build(chunk, ids, progress, self.rng, self.generator, self.state.step)
+        return self.learner_loss(chunk, batch)
+
+    def learner_loss(
+        self, chunk: list[Any], batch: TrajectoryBatch, log_rewards: Tensor | None = None
+    ) -> tuple[Tensor | None, dict[str, float]]:
+        """The learner's loss on a rolled-out batch (log P_F recomputed under current weights).
+
+        `log_rewards` [E, T] comes from a reward stage when one ran elsewhere; without it the
+        rewards are computed here. Returns (None, {}) for a step skipped on a non-finite value.
+        """
+        _, histories, _ = self.source.unpack(chunk)
+        scored = self._score(chunk, histories, batch.targets, batch.items[:, 1:])
+        log_pf_sum = scored.log_pf.sum(-1)
+        rewards = None
+        if log_rewards is None or self.gfn.reward.score == "lm" or self.gfn.algorithm == "grpo":
+            log_rewards, rewards = trajectory_rewards(self.reward, batch, log_pf_sum)
         if not self._finite({"log_rewards": log_rewards, "log_pf": scored.log_pf}):
             return None, {}
-        loss, extra = self._objective(chunk, histories, scored, items, log_rewards, rewards)
+        loss, extra = self._objective(chunk, histories, scored, batch.items, log_rewards, rewards)
         if not self._finite({"loss": loss}):
             return None, {}
-        extra |= self._step_metrics(scored, log_rewards, augmentation, progress)
-        return loss, extra | {
-            "tokens": float(len(targets) * items.shape[1] * self.vocab.num_levels)
-        }
-
-    def _unpack(self, chunk: list[Any]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-        """(users [E], histories, targets [E]) of the batch's training examples."""
-        if self.seq2seq:
-            users, histories, targets = zip(*chunk, strict=True)
-            return np.array(users), list(histories), np.array(targets)
-        rows, cols = window_targets(chunk)
-        users = np.array([chunk[r].user for r in rows])
-        histories = [chunk[r].items[:c] for r, c in zip(rows, cols, strict=True)]
-        targets = np.array([chunk[r].items[c] for r, c in zip(rows, cols, strict=True)])
-        return users, histories, targets
-
-    def _example_batch(
-        self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray
-    ) -> ExampleBatch:
-        empty = (np.empty(0, np.int64), np.empty(0, np.int64))
-        logs = [self.logs.get(int(u), empty) for u in users]
-        needs_cf = self.cf_model is not None
-        scores = self._cf_scores(histories) if needs_cf else None
-        return ExampleBatch(
-            users=users,
-            targets=targets,
-            target_levels=np.array(
-                [self._level_of(int(u), int(t)) for u, t in zip(users, targets, strict=True)]
-            ),
-            excluded=[items for items, _ in logs],
-            logged_items=[items for items, _ in logs],
-            logged_levels=[levels for _, levels in logs],
-            cf_scores=scores,
-        )
-
-    def _cf_scores(self, histories: list[np.ndarray]) -> np.ndarray:
-        from gflowgr_dist.train.cf import cf_scores
-
-        safe = [h if len(h) else np.zeros(1, np.int64) for h in histories]
-        return cf_scores(self.cf_model, safe)
-
-    def _augment(
-        self, batch: ExampleBatch, histories: list[np.ndarray], progress: float
-    ) -> Augmentation:
-        if self.gfn.algorithm == "sft":
-            empty = np.empty((len(batch.targets), 0), np.int64)
-            return Augmentation(empty, empty, empty)
-        if self.gfn.algorithm == "grpo":
-            items = self._policy_samples(histories, np.arange(len(histories)), self.gfn.grpo_group)
-            unobserved = np.full(items.shape, 2)
-            return Augmentation(
-                items, unobserved, np.full(items.shape, STRATEGIES.index("on_policy"))
-            )
-
-        def on_policy(rows: np.ndarray, count: int) -> np.ndarray:
-            return self._policy_samples(histories, rows, count)
-
-        return self.sampler.sample(batch, progress, self.rng, on_policy)
-
-    def _policy_samples(
-        self, histories: list[np.ndarray], rows: np.ndarray, count: int
-    ) -> np.ndarray:
-        """`count` items per example sampled from the current policy under the trie, [R, n]."""
-        chosen = [histories[r] for r in rows]
-        build = encoder_prompts if self.seq2seq else decoder_prompts
-        prompts = build(chosen, self.sid_tokens, self.vocab)
-        was_training = self.model.training
-        self.model.eval()
-        codes = sample_sids(
-            self.ranker.stepper,
-            prompts,
-            self.trie,
-            self.vocab,
-            num_samples=count,
-            temperature=self.gfn.sampler.temperature,
-            generator=self.generator,
-        )
-        self.model.train(was_training)
-        sid = self.trie.sid_index(codes.view(-1, codes.shape[-1])).numpy()
-        return self.ranker.items_by_sid[sid, 0].reshape(len(rows), count)
+        extra |= self._step_metrics(log_rewards, batch)
+        return loss, extra | {"tokens": float(batch.num_trajectories * self.vocab.num_levels)}
 
     def _score(
         self,
@@ -264,6 +167,7 @@ class GflowgrTrainer(SftTrainer):
         augmented: np.ndarray,
         model=None,
     ) -> ScoredTrajectories:
+        """One packed forward pass over every trajectory of the batch (gfn/scoring.py)."""
         model = model or self.model
         codes = self.table.codes
         if self.seq2seq:
@@ -274,19 +178,6 @@ class GflowgrTrainer(SftTrainer):
         return score_decoder_windows(
             model, chunk, augmented, self.sid_tokens, self.vocab, self.trie, codes
         )
-
-    def _rewards(
-        self, items: np.ndarray, levels: np.ndarray, batch: ExampleBatch, scored: ScoredTrajectories
-    ) -> tuple[Tensor, Tensor]:
-        """log R and R of every trajectory, [E, T]."""
-        score = None
-        if self.gfn.reward.score == "cf" and batch.cf_scores is not None:
-            norm = normalise_per_row(torch.from_numpy(batch.cf_scores))
-            score = norm.gather(1, torch.from_numpy(items))
-        elif self.gfn.reward.score == "lm":
-            score = lm_score(scored.log_pf.sum(-1))
-        parts = self.reward.parts(torch.from_numpy(items), torch.from_numpy(levels), score)
-        return self.reward.log_rewards(parts), self.reward(parts)
 
     def _objective(
         self,
@@ -363,20 +254,15 @@ class GflowgrTrainer(SftTrainer):
                 return False
         return True
 
-    def _step_metrics(
-        self,
-        scored: ScoredTrajectories,
-        log_rewards: Tensor,
-        augmentation: Augmentation,
-        progress: float,
-    ) -> dict[str, float]:
+    def _step_metrics(self, log_rewards: Tensor, batch: TrajectoryBatch) -> dict[str, float]:
         out = {"log_reward_pos": log_rewards[:, 0].mean().item()}
         if log_rewards.shape[1] > 1:
             out["log_reward_aug"] = log_rewards[:, 1:].mean().item()
-        used = augmentation.strategies.reshape(-1)
+        used = batch.strategies.reshape(-1)
         for index, name in enumerate(STRATEGIES):
             out[f"mix_{name}"] = float((used == index).mean()) if used.size else 0.0
-        schedule = self.sampler.schedule(progress)
+        out["policy_lag"] = float(self.state.step - batch.policy_version)
+        schedule = self.source.sampler.schedule(batch.progress)
         out["cf_band_low"], out["cf_band_high"] = schedule.cf_band
         return out
 
@@ -411,23 +297,20 @@ class GflowgrTrainer(SftTrainer):
         keep = np.sort(keep[: self.gfn.calibration_users])
         users, targets = users[keep], targets[keep]
         histories = [histories[i] for i in keep]
-        batch = self._example_batch(users, histories, targets)
         rng = np.random.default_rng([self.cfg.run.seed, 11])
-        sampler = TrajectorySampler(
-            self.gfn.sampler.model_copy(update={"num_augmented": 7}), self.dataset.num_items
-        )
-        augmentation = sampler.sample(batch, 1.0, rng)
-        was_training = self.model.training
-        self.model.eval()
         windows = [
             Window(int(u), np.append(h, t), 1)
             for u, h, t in zip(users, histories, targets, strict=True)
         ]
-        scored = self._score(windows, histories, targets, augmentation.items)
+        chunk = list(zip(users.tolist(), histories, targets.tolist(), strict=True))
+        chunk = chunk if self.seq2seq else windows
+        batch = self.source.build(chunk, keep, 1.0, rng, num_augmented=7)
+        was_training = self.model.training
+        self.model.eval()
+        scored = self._score(chunk, histories, targets, batch.items[:, 1:])
         self.model.train(was_training)
-        items = np.concatenate([targets[:, None], augmentation.items], axis=1)
-        levels = np.concatenate([batch.target_levels[:, None], augmentation.levels], axis=1)
-        log_rewards, _ = self._rewards(items, levels, batch, scored)
+        items = batch.items
+        log_rewards, _ = trajectory_rewards(self.reward, batch, scored.log_pf.sum(-1))
         log_p = scored.log_pf.sum(-1).double().numpy()  # [E, T]
         log_r = log_rewards.double().numpy()  # [E, T]
         pearson = within_user_pearson(log_p, log_r)

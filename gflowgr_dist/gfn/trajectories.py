@@ -1,0 +1,252 @@
+"""From training examples to scored-ready trajectories: the rollout stage of a GFlowGR step.
+
+`TrajectorySource` turns a batch of training examples (decoder windows or T5 examples) into a
+`TrajectoryBatch`: per example the positive and N augmented items (gfn/sampler.py), their
+behaviour levels, their normalised CF scores, and the strategy that proposed each. The batch is
+plain numpy, stamped with the policy version that sampled it, so it can cross a process or a
+Ray queue; the reward stage (`trajectory_rewards`) and the learner consume it unchanged, in
+one process or many.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from gflowgr_dist.config import STRATEGIES, GfnConfig
+from gflowgr_dist.data.schema import RecDataset
+from gflowgr_dist.data.split import training_sequences
+from gflowgr_dist.decoding import ItemRanker
+from gflowgr_dist.decoding.sampling import sample_sids
+from gflowgr_dist.gfn.reward import RewardModel, lm_score, normalise_per_row
+from gflowgr_dist.gfn.sampler import (
+    CLICKED,
+    LIKED,
+    UNOBSERVED,
+    Augmentation,
+    ExampleBatch,
+    TrajectorySampler,
+)
+from gflowgr_dist.gfn.scoring import window_targets
+from gflowgr_dist.models.prompts import decoder_prompts, encoder_prompts
+
+
+@dataclass
+class TrajectoryBatch:
+    """What the rollout stage hands to the reward stage and the learner.
+
+    Attributes:
+        example_ids: indices of the training examples (windows) this batch covers, [B].
+        users: user of each target, [E].
+        targets: the positive item of each target, [E].
+        items: positive (column 0) and augmented items, [E, T].
+        levels: behaviour level of each item (sampler.LIKED / CLICKED / UNOBSERVED), [E, T].
+        strategies: index into config.STRATEGIES of each augmented item, [E, T-1].
+        cf_scores: CF score of each item normalised per example into [0, 1], [E, T] or None.
+        policy_version: the learner version whose weights sampled the batch.
+        progress: training progress p ∈ [0, 1] the sampler's schedule used.
+    """
+
+    example_ids: np.ndarray
+    users: np.ndarray
+    targets: np.ndarray
+    items: np.ndarray
+    levels: np.ndarray
+    strategies: np.ndarray
+    cf_scores: np.ndarray | None
+    policy_version: int = 0
+    progress: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_trajectories(self) -> int:
+        return int(self.items.size)
+
+
+class TrajectorySource:
+    """Builds `TrajectoryBatch`es for one dataset (see module docstring)."""
+
+    def __init__(
+        self,
+        gfn: GfnConfig,
+        dataset: RecDataset,
+        ranker: ItemRanker,
+        cf_model: Any = None,
+        *,
+        seq2seq: bool = False,
+    ) -> None:
+        self.gfn = gfn
+        self.ranker = ranker
+        self.cf_model = cf_model
+        self.seq2seq = seq2seq
+        self.sampler = TrajectorySampler(gfn.sampler, dataset.num_items)
+        self.logs = user_logs(dataset, gfn.sampler.liked_rating)
+
+    def unpack(self, chunk: list[Any]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """(users [E], histories, targets [E]) of a batch of training examples."""
+        if self.seq2seq:
+            users, histories, targets = zip(*chunk, strict=True)
+            return np.array(users), list(histories), np.array(targets)
+        rows, cols = window_targets(chunk)
+        users = np.array([chunk[r].user for r in rows])
+        histories = [chunk[r].items[:c] for r, c in zip(rows, cols, strict=True)]
+        targets = np.array([chunk[r].items[c] for r, c in zip(rows, cols, strict=True)])
+        return users, histories, targets
+
+    def example_batch(
+        self, users: np.ndarray, histories: list[np.ndarray], targets: np.ndarray
+    ) -> ExampleBatch:
+        empty = (np.empty(0, np.int64), np.empty(0, np.int64))
+        logs = [self.logs.get(int(u), empty) for u in users]
+        levels = [level_of(log, int(t)) for log, t in zip(logs, targets, strict=True)]
+        return ExampleBatch(
+            users=users,
+            targets=targets,
+            target_levels=np.array(levels, dtype=np.int64),
+            excluded=[items for items, _ in logs],
+            logged_items=[items for items, _ in logs],
+            logged_levels=[lv for _, lv in logs],
+            cf_scores=self.cf_scores(histories) if self.cf_model is not None else None,
+        )
+
+    def cf_scores(self, histories: list[np.ndarray]) -> np.ndarray:
+        from gflowgr_dist.train.cf import cf_scores
+
+        safe = [h if len(h) else np.zeros(1, np.int64) for h in histories]
+        return cf_scores(self.cf_model, safe)
+
+    def build(
+        self,
+        chunk: list[Any],
+        example_ids: np.ndarray,
+        progress: float,
+        rng: np.random.Generator,
+        generator: torch.Generator | None = None,
+        policy_version: int = 0,
+        num_augmented: int | None = None,
+    ) -> TrajectoryBatch:
+        """Samples the augmented items of every example of `chunk` and stamps the batch."""
+        users, histories, targets = self.unpack(chunk)
+        batch = self.example_batch(users, histories, targets)
+        augmentation = self.augment(batch, histories, progress, rng, generator, num_augmented)
+        items = np.concatenate([targets[:, None], augmentation.items], axis=1)  # [E, T]
+        levels = np.concatenate([batch.target_levels[:, None], augmentation.levels], axis=1)
+        cf = None
+        if batch.cf_scores is not None:
+            norm = normalise_per_row(torch.from_numpy(batch.cf_scores))
+            cf = norm.gather(1, torch.from_numpy(items)).numpy()  # [E, T]
+        return TrajectoryBatch(
+            example_ids=np.asarray(example_ids),
+            users=users,
+            targets=targets,
+            items=items,
+            levels=levels,
+            strategies=augmentation.strategies,
+            cf_scores=cf,
+            policy_version=policy_version,
+            progress=progress,
+        )
+
+    def augment(
+        self,
+        batch: ExampleBatch,
+        histories: list[np.ndarray],
+        progress: float,
+        rng: np.random.Generator,
+        generator: torch.Generator | None,
+        num_augmented: int | None = None,
+    ) -> Augmentation:
+        count = len(batch.targets)
+        if num_augmented is not None:  # an explicit count (calibration) always uses the sampler
+            update = {"num_augmented": num_augmented}
+            sampler = TrajectorySampler(
+                self.gfn.sampler.model_copy(update=update), self.sampler.num_items
+            )
+            return sampler.sample(batch, progress, rng, None)
+        if self.gfn.algorithm == "sft":
+            empty = np.empty((count, 0), np.int64)
+            return Augmentation(empty, empty, empty)
+        if self.gfn.algorithm == "grpo":
+            rows = np.arange(count)
+            items = self.policy_samples(histories, rows, self.gfn.grpo_group, generator)
+            on_policy = np.full(items.shape, STRATEGIES.index("on_policy"))
+            return Augmentation(items, np.full(items.shape, UNOBSERVED), on_policy)
+
+        def on_policy_fn(rows: np.ndarray, n: int) -> np.ndarray:
+            return self.policy_samples(histories, rows, n, generator)
+
+        sampler = self.sampler
+        if num_augmented is not None:
+            update = {"num_augmented": num_augmented}
+            sampler = TrajectorySampler(
+                self.gfn.sampler.model_copy(update=update), sampler.num_items
+            )
+        return sampler.sample(batch, progress, rng, on_policy_fn)
+
+    def policy_samples(
+        self,
+        histories: list[np.ndarray],
+        rows: np.ndarray,
+        count: int,
+        generator: torch.Generator | None,
+    ) -> np.ndarray:
+        """`count` items per example sampled from the current policy under the trie, [R, n]."""
+        ranker = self.ranker
+        build = encoder_prompts if self.seq2seq else decoder_prompts
+        prompts = build([histories[r] for r in rows], ranker.sid_tokens, ranker.vocab)
+        model: PreTrainedModel = ranker.model
+        was_training = model.training
+        model.eval()
+        codes = sample_sids(
+            ranker.stepper,
+            prompts,
+            ranker.trie,
+            ranker.vocab,
+            num_samples=count,
+            temperature=self.gfn.sampler.temperature,
+            generator=generator,
+        )
+        model.train(was_training)
+        sid = ranker.trie.sid_index(codes.view(-1, codes.shape[-1])).numpy()
+        return ranker.items_by_sid[sid, 0].reshape(len(rows), count)
+
+
+def trajectory_rewards(
+    reward: RewardModel, batch: TrajectoryBatch, log_pf_sum: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
+    """(log R, R) of every trajectory of `batch`, [E, T]; the reward stage.
+
+    `log_pf_sum` [E, T] is needed only for the LM's own score (reward.score == "lm").
+    """
+    score = None
+    if reward.cfg.score == "cf" and batch.cf_scores is not None:
+        score = torch.from_numpy(batch.cf_scores)
+    elif reward.cfg.score == "lm" and log_pf_sum is not None:
+        score = lm_score(log_pf_sum)
+    parts = reward.parts(torch.from_numpy(batch.items), torch.from_numpy(batch.levels), score)
+    return reward.log_rewards(parts), reward(parts)
+
+
+def user_logs(dataset: RecDataset, liked_rating: float) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Each user's training items (sorted) and behaviour levels (rating >= liked: LIKED)."""
+    users, sequences = training_sequences(dataset)
+    offsets = dataset.user_offsets()
+    logs = {}
+    for user, seq in zip(users, sequences, strict=True):
+        rating = dataset.ratings[offsets[user] : offsets[user] + len(seq)]
+        level = np.where(np.isnan(rating) | (rating >= liked_rating), LIKED, CLICKED)
+        order = np.argsort(seq, kind="stable")
+        logs[user] = (seq[order], level[order])
+    return logs
+
+
+def level_of(log: tuple[np.ndarray, np.ndarray], item: int) -> int:
+    """Behaviour level of `item` in a user's sorted log; LIKED when absent (a held-out positive)."""
+    items, levels = log
+    at = np.searchsorted(items, item)
+    return int(levels[at]) if at < len(items) and items[at] == item else LIKED
