@@ -125,9 +125,10 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> None:
     from gflowgr_dist.eval.evaluate import format_header, format_row
     from gflowgr_dist.pipeline import gflowgr, gfn_dir
 
-    summary = gflowgr(cfg, resume=args.resume)
+    out = cfg.run.output_dir / args.name if args.name else gfn_dir(cfg)
+    summary = gflowgr(cfg, out=out, resume=args.resume)
     train = summary["train"]
-    print(f"== GFlowGR ({cfg.gfn.algorithm}, λ={cfg.gfn.lam}) -> {gfn_dir(cfg)}")
+    print(f"== GFlowGR ({cfg.gfn.algorithm}, λ={cfg.gfn.lam}) -> {out}")
     print(
         f"{train['epochs']} epochs at {train['seconds_per_epoch']:.1f}s; best val NDCG@10 "
         f"{train['best_val_ndcg@10']:.4f} (epoch {train['best_epoch']}); test calibration "
@@ -203,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _command_arguments(name: str, cmd: argparse.ArgumentParser) -> None:
     if name in ("run", "sft", "train"):
         cmd.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    if name == "train":
+        cmd.add_argument(
+            "--name", default=None, help="run folder under run.output_dir (default gfn-<algo>)"
+        )
     if name in ("evaluate", "bench"):
         cmd.add_argument(
             "--checkpoint", type=Path, default=None, help="checkpoint folder (default: best SFT)"

@@ -323,6 +323,11 @@ class RewardConfig(_Section):
     score: Literal["cf", "lm", "none"] = Field(
         "cf", description="r_ŷ: SASRec score or the LM's own likelihood, per user in [0, 1]."
     )
+    score_norm: Literal["minmax", "softmax", "rank"] = Field(
+        "minmax",
+        description="r_ŷ per example: min-max of CF scores; softmax probability over the "
+        "max; or the percentile rank.",
+    )
     sim: Literal["position", "prefix", "none"] = Field(
         "position", description="r_sim: codes equal position-wise, or the shared prefix length."
     )

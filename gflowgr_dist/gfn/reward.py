@@ -92,8 +92,19 @@ class RewardModel(nn.Module):
         return log_reward(self(parts), eps=self.cfg.eps, beta=self.cfg.beta)
 
 
-def normalise_per_row(scores: Tensor) -> Tensor:
-    """Min-max normalisation of each row into [0, 1] (a constant row maps to 0), [E, I]."""
+def normalise_per_row(scores: Tensor, how: str = "minmax") -> Tensor:
+    """Each row of CF scores into [0, 1], [E, I].
+
+    minmax: (s − min) / (max − min), a constant row maps to 0 (the paper's reading);
+    softmax: P_CF(item) / max P_CF, so only the CF model's few likely items score near 1;
+    rank: the percentile rank of the item in its row (0 lowest, 1 highest).
+    """
+    if how == "softmax":
+        log_p = scores.log_softmax(dim=1)
+        return torch.exp(log_p - log_p.max(dim=1, keepdim=True).values)
+    if how == "rank":
+        ranks = scores.argsort(dim=1).argsort(dim=1).to(scores.dtype)
+        return ranks / max(1, scores.shape[1] - 1)
     low = scores.min(dim=1, keepdim=True).values
     span = (scores.max(dim=1, keepdim=True).values - low).clamp_min(1e-12)
     return (scores - low) / span

@@ -138,7 +138,7 @@ class TrajectorySource:
         levels = np.concatenate([batch.target_levels[:, None], augmentation.levels], axis=1)
         cf = None
         if batch.cf_scores is not None:
-            norm = normalise_per_row(torch.from_numpy(batch.cf_scores))
+            norm = normalise_per_row(torch.from_numpy(batch.cf_scores), self.gfn.reward.score_norm)
             cf = norm.gather(1, torch.from_numpy(items)).numpy()  # [E, T]
         return TrajectoryBatch(
             example_ids=np.asarray(example_ids),

@@ -104,9 +104,9 @@ def test_matrix_variant_inherits_its_kind_and_adds_its_own_overrides():
     tb = model_config(base, "gfn-tb", 43)
     variant = model_config(base, "gfn-tb+random", 43)
     assert (tb.gfn.algorithm, variant.gfn.algorithm) == ("tb", "tb")
-    assert variant.train.max_minutes == tb.train.max_minutes == 4
+    assert variant.train.epoch_fraction == tb.train.epoch_fraction == 0.5
     assert variant.gfn.sampler.weights_start == {"random": 1.0}
     assert tb.gfn.sampler.weights_start["cf"] > 0
     assert str(variant.run.output_dir).endswith("seed43") and variant.run.seed == 43
     assert model_config(base, "sdpo", 42).gfn.algorithm == "sdpo"
-    assert model_config(base, "sft-decoder", 42).train.max_minutes == 5
+    assert model_config(base, "sft-decoder", 42).train.epochs == 4
