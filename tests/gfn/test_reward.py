@@ -209,3 +209,22 @@ def test_lm_score() -> None:
     assert (got > 0).all() and (got <= 1).all()
     torch.testing.assert_close(got.max(dim=1).values, torch.ones(2))
     assert not got.requires_grad and got.grad_fn is None
+
+
+# ---------------------------------------------------------------- devices
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"use_action": False, "score": "none", "sim": "none"},  # every part is a zero fill
+        {"score": "cf", "sim": "prefix"},  # score given as None below
+    ],
+)
+def test_parts_stay_on_the_items_device(kwargs: dict) -> None:
+    # The meta device stands in for a GPU: a zero part made on the CPU would not stack.
+    model = _model(**kwargs).to("meta")
+    items, levels = ITEMS.to("meta"), LEVELS.to("meta")
+    parts = model.parts(items, levels, None)
+    assert {parts.action.device, parts.score.device, parts.sim.device} == {items.device}
+    assert model(parts).shape == (2, 5)

@@ -356,6 +356,7 @@ def test_on_policy_slots_take_the_callables_items() -> None:
     expected = (np.arange(count)[:, None] * 7 + np.arange(slots)[None, :] * 3) % NUM_ITEMS
     np.testing.assert_array_equal(aug.items[want], expected[want])
     assert (aug.levels[want] == UNOBSERVED).all()
+    assert (aug.items[~want] != expected[~want]).any()  # the other slots are left alone
     assert 0.15 < want.mean() < 0.35
     assert not want.any(axis=1).all()  # so asking only for the rows that need it is tested
 
