@@ -108,6 +108,13 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> None:
     from gflowgr_dist.pipeline import data_dir, sft_dir
 
     folder = args.checkpoint or sft_dir(cfg) / "best"
+    if args.what == "gfn-cost":
+        from gflowgr_dist.bench.gfn_cost import bench_gfn_cost, format_cost
+
+        cost = bench_gfn_cost(cfg, folder, data_dir(cfg), steps=args.steps)
+        print(f"== bench gfn-cost: {folder}, {cost['steps']} steps each, alternating")
+        print(format_cost(cost))
+        return
     result = bench_decode(
         folder,
         data_dir(cfg),
@@ -226,7 +233,8 @@ def _command_arguments(name: str, cmd: argparse.ArgumentParser) -> None:
             "--baseline", default="sft-decoder", metavar="NAME", help="row p is tested against"
         )
     if name == "bench":
-        cmd.add_argument("what", choices=("decode",), help="which benchmark")
+        cmd.add_argument("what", choices=("decode", "gfn-cost"), help="which benchmark")
+        cmd.add_argument("--steps", type=_positive, default=10, help="gfn-cost: timed steps")
         cmd.add_argument("--users", type=_positive, default=200, help="test users to decode")
         cmd.add_argument("--batch-size", type=_positive, default=16)
         cmd.add_argument("--no-exact", action="store_true", help="skip exact scoring")

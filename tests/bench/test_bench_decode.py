@@ -32,3 +32,26 @@ def test_bench_decode_prints_side_by_side(tmp_path, capsys):
     assert main(["evaluate", *base, "--set", "eval.ranker=exact"]) == 0
     assert "sft-decoder" in capsys.readouterr().out
     assert (tmp_path / "sft-decoder/eval_test_exact.parquet").is_file()
+
+
+def test_bench_gfn_cost_prints_the_ratio(tmp_path, capsys):
+    base = [
+        "--config",
+        str(REPO / "configs/synthetic.yaml"),
+        "--set",
+        f"run.output_dir={tmp_path}",
+        "--set",
+        "logging.progress=false",
+        "--set",
+        "model.preset=tiny",
+        "--set",
+        "data.max_history=8",
+        "--set",
+        "sasrec.epochs=2",
+    ]
+    assert main(["run", *base, "--set", "train.epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "gfn-cost", *base, "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    ratio = float(re.search(r"GFlowGR / SFT epoch time\s+([0-9.]+)x", out).group(1))
+    assert ratio > 0.5, out  # GFlowGR does strictly more work per step than SFT
