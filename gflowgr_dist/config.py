@@ -407,6 +407,52 @@ def model_kind(name: str) -> str:
     return name.split("+", 1)[0]
 
 
+class RuntimeConfig(_Section):
+    """The Ray actor-learner runtime (gflowgr_dist/runtime/); off unless `enabled`.
+
+    S = `max_staleness`: no batch the learner consumes was sampled by weights more than S
+    learner steps old (S = 0 is fully synchronous and reproduces the single-process trainer).
+    """
+
+    enabled: bool = Field(False, description="`gflowgr train` runs on Ray (same as --runtime ray).")
+    engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine (vllm: untested).")
+    num_rollout_actors: int = Field(1, ge=1, le=1024)
+    num_reward_actors: int = Field(1, ge=1, le=1024)
+    max_staleness: int = Field(0, ge=0, le=1000, description="S in policy versions.")
+    buffer_capacity: int = Field(8, ge=1, le=100_000, description="Batches the buffer holds.")
+    seeding: Literal["stream", "per_batch"] = Field(
+        "stream",
+        description="stream: one sampling stream per epoch as the single-process trainer "
+        "(rollouts in order); per_batch: a stream per batch (rollouts in parallel).",
+    )
+    sync_every: int = Field(1, ge=1, description="Learner steps between weight syncs.")
+    checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints (0: epochs).")
+    actor_cpus: float = Field(0.25, gt=0.0, le=64.0, description="CPUs per rollout/reward actor.")
+    max_restarts: int = Field(3, ge=0, description="Restarts of a dead rollout/reward actor.")
+    task_timeout_s: float = Field(300.0, gt=0.0, description="Rollout / reward call timeout.")
+    sync_timeout_s: float = Field(60.0, gt=0.0, description="Weight-sync timeout per actor.")
+    address: str | None = Field(
+        None, description="Ray address to join (None: RAY_ADDRESS, else start one locally)."
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray.")
+
+    @model_validator(mode="after")
+    def _sync_within_staleness(self) -> RuntimeConfig:
+        # Rollout weights lag the learner by up to sync_every - 1 steps; beyond S + 1 every
+        # batch could be stale on arrival and the run would re-issue forever.
+        if self.sync_every > self.max_staleness + 1:
+            raise ValueError(
+                f"sync_every={self.sync_every} exceeds max_staleness + 1 = "
+                f"{self.max_staleness + 1}; sync at least every S + 1 learner steps"
+            )
+        if self.buffer_capacity < self.max_staleness + 1:
+            raise ValueError(
+                f"buffer_capacity={self.buffer_capacity} is below max_staleness + 1 = "
+                f"{self.max_staleness + 1} (the batches that may be in flight)"
+            )
+        return self
+
+
 class LoggingConfig(_Section):
     """Where logs and metrics go."""
 
@@ -428,6 +474,7 @@ class Config(_Section):
     gfn: GfnConfig = Field(default_factory=GfnConfig)
     experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
