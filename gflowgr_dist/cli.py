@@ -133,7 +133,12 @@ def cmd_train(cfg: Config, args: argparse.Namespace) -> None:
     from gflowgr_dist.pipeline import gflowgr, gfn_dir
 
     out = cfg.run.output_dir / args.name if args.name else gfn_dir(cfg)
-    summary = gflowgr(cfg, out=out, resume=args.resume)
+    if args.runtime == "ray" or cfg.runtime.enabled:
+        from gflowgr_dist.runtime.driver import train_ray
+
+        summary = train_ray(cfg, out, resume=args.resume)
+    else:
+        summary = gflowgr(cfg, out=out, resume=args.resume)
     train = summary["train"]
     print(f"== GFlowGR ({cfg.gfn.algorithm}, λ={cfg.gfn.lam}) -> {out}")
     print(
@@ -214,6 +219,12 @@ def _command_arguments(name: str, cmd: argparse.ArgumentParser) -> None:
     if name == "train":
         cmd.add_argument(
             "--name", default=None, help="run folder under run.output_dir (default gfn-<algo>)"
+        )
+        cmd.add_argument(
+            "--runtime",
+            choices=("local", "ray"),
+            default="local",
+            help="local: one process; ray: the actor-learner runtime (config section runtime)",
         )
     if name in ("evaluate", "bench"):
         cmd.add_argument(

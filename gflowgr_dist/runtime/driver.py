@@ -248,8 +248,27 @@ class DistributedRun:
                 self.reissue.appendleft(pending.work)
             elif pending.kind == "reward":
                 self._submit_reward(pending.result)
+        self._await_restart(name)
         if name in self.rollouts:
             self._resync(name)
+
+    def _await_restart(self, name: str) -> None:
+        """Blocks until Ray has restarted `name` (calls sent meanwhile would fail)."""
+        import ray
+
+        handle = {**self.rollouts, **self.rewards}[name]
+        deadline = time.monotonic() + self.rt.sync_timeout_s
+        while True:
+            try:
+                ray.get(handle.health.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return
+            except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
+                if time.monotonic() >= deadline:
+                    raise RuntimeFailureError(
+                        f"actor {name} did not come back within runtime.sync_timeout_s="
+                        f"{self.rt.sync_timeout_s}s (phase 'restart'): {err}"
+                    ) from err
+                time.sleep(0.2)
 
     def _submit_reward(self, result: RolloutResult) -> None:
         names = list(self.rewards)
@@ -276,11 +295,13 @@ class DistributedRun:
         """Hands out work while fewer than S + 1 batches are in flight and an actor is idle."""
         busy = {p.actor for p in self.pending.values() if p.kind == "rollout"}
         idle = [name for name in self.rollouts if name not in busy]
-        while idle and len(self.inflight) < self.rt.max_staleness + 1:
-            if self.reissue:
+        while idle:
+            if self.reissue:  # already counted in flight
                 work = self.reissue.popleft()
                 work.attempt += 1
                 work.progress = self._progress()
+            elif len(self.inflight) >= self.rt.max_staleness + 1:
+                return
             elif self.todo:
                 index = self.todo[0]
                 seed = self._work_seed(self.epoch, index)

@@ -46,7 +46,7 @@ class Learner:
         trainer = self.trainer
         started = time.perf_counter()
         chunk = [trainer.examples[i] for i in scored.batch.example_ids]
-        log_rewards = torch.from_numpy(scored.log_rewards) if self.use_remote_rewards else None
+        log_rewards = torch.tensor(scored.log_rewards) if self.use_remote_rewards else None
         loss, extra = trainer.learner_loss(chunk, scored.batch, log_rewards)
         if loss is None:
             return StepOutcome(None, seconds=time.perf_counter() - started)
