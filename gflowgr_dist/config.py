@@ -237,6 +237,11 @@ class EvalConfig(_Section):
     exclude_history: bool = Field(
         False, description="Drop items the user already has from the ranking (off: TIGER)."
     )
+    trie_normalised: bool = Field(
+        False,
+        description="Score IDs with each level's softmax restricted to the trie (the GFlowNet "
+        "P_F) instead of the full vocabulary (transformers' beam search).",
+    )
 
     @model_validator(mode="after")
     def _beam_covers_k(self) -> EvalConfig:

@@ -70,6 +70,7 @@ class ItemRanker:
         beam_width: int = 20,
         exclude: list[np.ndarray] | None = None,
         user_tokens: list[int | None] | None = None,
+        trie_normalised: bool = False,
     ) -> Ranking:
         """Top-k items for one batch of histories."""
         was_training = self.model.training
@@ -77,7 +78,9 @@ class ItemRanker:
         try:
             prompts = self.prompts(histories, user_tokens)
             if ranker == "exact":
-                sid_scores = exact_sid_scores(self.stepper, prompts, self.trie, self.vocab)
+                sid_scores = exact_sid_scores(
+                    self.stepper, prompts, self.trie, self.vocab, trie_normalised
+                )
                 item_scores = sid_scores[:, torch.from_numpy(self.sid_of_item)].numpy()
                 return _top_items(np.arange(item_scores.shape[1]), item_scores, k, exclude)
             codes, scores = beam_search(
@@ -87,6 +90,7 @@ class ItemRanker:
                 self.vocab,
                 beam_width=beam_width,
                 banned=None if exclude is None else self.banned_sids(exclude),
+                trie_normalised=trie_normalised,
             )
             return self._expand_beams(codes, scores, k, exclude)
         finally:
@@ -104,6 +108,7 @@ class ItemRanker:
         user_tokens: list[int | None] | None = None,
         progress: bool = False,
         max_exact_rows: int = 4096,
+        trie_normalised: bool = False,
     ) -> Ranking:
         """`rank` over many users in batches (exact scoring batches by its row budget)."""
         if ranker == "exact":
@@ -120,6 +125,7 @@ class ItemRanker:
                     beam_width=beam_width,
                     exclude=None if exclude is None else exclude[start:stop],
                     user_tokens=None if user_tokens is None else user_tokens[start:stop],
+                    trie_normalised=trie_normalised,
                 )
             )
         return Ranking(

@@ -34,11 +34,14 @@ def beam_search(
     *,
     beam_width: int,
     banned: torch.Tensor | None = None,
+    trie_normalised: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The `beam_width` best valid semantic IDs per prompt, none of them `banned`.
 
     Args:
         banned: optional [B, S] bool over the trie's ID rows (`trie.sids`), True = never return.
+        trie_normalised: score codes by the softmax restricted to the trie's allowed codes (the
+            GFlowNet forward policy P_F) instead of the full-vocabulary softmax.
 
     Returns:
         (codes [B, W, L] int64, scores [B, W] float32, best first; -inf marks an empty beam
@@ -61,6 +64,8 @@ def beam_search(
         size = vocab.codebook_sizes[level]
         step = log_probs[:, vocab.level_slice(level)].cpu().view(batch, width, size)
         allowed = trie.allowed(nodes.view(-1), level).view(batch, width, size)
+        if trie_normalised:
+            step = restrict_to_allowed(step, allowed)
         if alive is not None:
             allowed &= _alive_children(trie, nodes, level, alive[level])
         candidates = (scores[:, :, None] + step).masked_fill(~allowed, NEG_INF)
@@ -91,3 +96,10 @@ def _alive_children(
     children = trie.children[level][nodes.view(-1).clamp(min=0)].long()  # [B*W, K]
     ok = alive.gather(1, children.clamp(min=0).view(batch, -1))  # [B, W*K]
     return ok.view(batch, width, -1)
+
+
+def restrict_to_allowed(log_probs: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """log-softmax over the allowed codes only (last dim); rows with none allowed stay -inf."""
+    masked = log_probs.masked_fill(~allowed, NEG_INF)
+    norm = torch.logsumexp(masked, dim=-1, keepdim=True)
+    return torch.where(allowed, masked - norm.nan_to_num(neginf=0.0), masked)

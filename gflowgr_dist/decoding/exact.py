@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from gflowgr_dist.decoding.beam import restrict_to_allowed
 from gflowgr_dist.decoding.steppers import Stepper
 from gflowgr_dist.models.vocab import SidVocab
 from gflowgr_dist.semantic_ids.trie import SidTrie
@@ -25,9 +26,16 @@ def users_per_chunk(trie: SidTrie, max_rows: int) -> int:
 
 
 def exact_sid_scores(
-    stepper: Stepper, prompts: dict[str, torch.Tensor], trie: SidTrie, vocab: SidVocab
+    stepper: Stepper,
+    prompts: dict[str, torch.Tensor],
+    trie: SidTrie,
+    vocab: SidVocab,
+    trie_normalised: bool = False,
 ) -> torch.Tensor:
-    """Log-likelihood of every ID in the trie, [B, S] (columns follow `trie.sids`)."""
+    """Log-likelihood of every ID in the trie, [B, S] (columns follow `trie.sids`).
+
+    With `trie_normalised` each level's softmax is restricted to the codes the trie allows.
+    """
     log_probs, state = stepper.start(prompts)  # [B, V]
     batch = log_probs.shape[0]
     node_scores = torch.zeros(batch, 1)  # [B, N_0 = 1]: the root
@@ -35,7 +43,11 @@ def exact_sid_scores(
         # Score every depth-(level+1) node from its parent's next-token distribution.
         parent, code = trie.edges(level)  # [N]
         width = node_scores.shape[1]
-        step = log_probs.cpu().view(batch, width, -1)[:, parent, vocab.offsets[level] + code]
+        level_probs = log_probs.cpu().view(batch, width, -1)[:, :, vocab.level_slice(level)]
+        if trie_normalised:
+            allowed = (trie.children[level] >= 0)[None].expand(batch, -1, -1)  # [B, N_l, K]
+            level_probs = restrict_to_allowed(level_probs, allowed)
+        step = level_probs[:, parent, code]
         node_scores = node_scores[:, parent] + step  # [B, N]
 
         # Feed each node's token to get the next level's distributions.

@@ -302,6 +302,7 @@ class SftTrainer:
                 batch_size=cfg.batch_size,
                 exclude=exclude,
                 progress=self.cfg.logging.progress,
+                trie_normalised=cfg.trie_normalised,
             ).items
 
         return rank

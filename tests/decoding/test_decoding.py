@@ -171,3 +171,14 @@ def _trie_probs(ranker, history):
                 prefix.append(code[level])
             probs.append(np.exp(total))
     return np.array(probs)
+
+
+def test_trie_normalised_beam_matches_trie_normalised_exact(ranker):
+    histories = _histories(8)
+    exact = ranker.rank(histories, k=20, ranker="exact", trie_normalised=True)
+    beam = ranker.rank(histories, k=20, beam_width=ranker.trie.num_sids, trie_normalised=True)
+    np.testing.assert_array_equal(beam.items, exact.items)
+    np.testing.assert_allclose(beam.scores, exact.scores, atol=1e-5)
+    # Restricted to the trie, the IDs' probabilities sum to one.
+    full = ranker.rank(histories[:1], k=50, ranker="exact", trie_normalised=True)
+    assert np.exp(full.scores[0]).sum() == pytest.approx(1.0, abs=1e-4)
