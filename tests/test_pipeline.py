@@ -80,6 +80,10 @@ def test_ml100k_main_job_as_a_user_runs_it(tmp_path, ml100k_available):
             f"run.output_dir={tmp_path}",
             "--set",
             "logging.progress=false",
+            # The demo's own settings, with a 1-minute SFT budget: CI checks the path, not
+            # the quality (the README's numbers come from the full budget).
+            "--set",
+            "train.max_minutes=1",
         ],
         capture_output=True,
         text=True,

@@ -1,0 +1,94 @@
+"""`ray job submit` end to end: a Ray head started with the CLI on 127.0.0.1 (token auth on, as
+Ray 2.60 starts it), the synthetic pipeline submitted as a job whose entry point is
+`gflowgr train --runtime ray`, which joins that cluster through the RAY_ADDRESS the job gets.
+
+The head runs under `ray start --block` in its own process group, so the test stops exactly the
+cluster it started (`ray stop` would also stop the session's test cluster)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+RAY = Path(sys.executable).with_name("ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _client_env() -> dict[str, str]:
+    # CLI clients default to no auth; the head started with token auth (Ray's default) needs it.
+    return os.environ | {"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    if not RAY.is_file():
+        pytest.skip(f"the ray CLI is not installed beside {sys.executable}")
+    port, dashboard = _free_port(), _free_port()
+    cmd = [
+        str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+        "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+        "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats",
+    ]  # fmt: skip
+    log = tmp_path_factory.mktemp("head") / "head.log"
+    with log.open("w") as sink:
+        head = subprocess.Popen(
+            cmd, stdout=sink, stderr=subprocess.STDOUT, env=_client_env(), start_new_session=True
+        )
+    address = f"http://127.0.0.1:{dashboard}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # the job server answers once the dashboard is up
+        probe = subprocess.run(
+            [str(RAY), "job", "list", "--address", address],
+            capture_output=True, text=True, env=_client_env(),
+        )  # fmt: skip
+        if probe.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        head.kill()
+        pytest.fail(f"ray head did not come up in 120 s: {log.read_text()[-2000:]}")
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)
+    head.wait(timeout=60)
+
+
+def test_ray_job_submit_runs_distributed_training_on_the_head(ray_head, tmp_path):
+    out = tmp_path / "run"
+    sets = [
+        f"run.output_dir={out}", "train.epochs=1", "train.num_threads=1", "model.preset=tiny",
+        "train.max_eval_users=20", "gfn.calibration_users=10", "logging.progress=false",
+        "runtime.actor_cpus=0.2", "sasrec.epochs=2",
+    ]  # fmt: skip
+    args = " ".join(f"--set {shlex.quote(s)}" for s in sets)
+    cli = f"{shlex.quote(sys.executable)} -m gflowgr_dist.cli"
+    config = f"--config {REPO / 'configs/synthetic.yaml'}"
+    entry = f"{cli} run {config} {args} && {cli} train --runtime ray {config} {args}"
+    runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}}
+    submitted = subprocess.run(
+        [
+            str(RAY), "job", "submit", "--address", ray_head,
+            "--runtime-env-json", json.dumps(runtime_env), "--", "bash", "-c", entry,
+        ],
+        capture_output=True, text=True, env=_client_env(), cwd=REPO, timeout=900,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+    assert "succeeded" in submitted.stdout
+    assert "== GFlowGR (tb" in submitted.stdout
+    summary = json.loads((out / "gfn-tb/summary.json").read_text())
+    assert summary["runtime"]["restarts"] == {"rollout-0": 0, "reward-0": 0}
+    assert summary["train"]["steps"] > 0 and summary["test"]["valid_id_rate"] == 1.0
