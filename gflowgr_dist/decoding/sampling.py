@@ -27,6 +27,9 @@ def sample_sids(
 ) -> torch.Tensor:
     """`num_samples` IDs per prompt, drawn from P_F^(1/temperature) under the trie.
 
+    `temperature=0` is greedy decoding under the trie (argmax at every level): the reference a
+    rollout engine's greedy output is checked against after a weight sync.
+
     Returns:
         codes [B, n, L] int64.
     """
@@ -37,10 +40,14 @@ def sample_sids(
     nodes = trie.root(len(rows))
     codes = []
     for level in range(vocab.num_levels):
-        # Restrict to the trie, temper, draw one code per row.
-        logits = log_probs[:, vocab.level_slice(level)].cpu() / temperature
+        # Restrict to the trie, temper, draw one code per row (argmax when greedy).
+        logits = log_probs[:, vocab.level_slice(level)].cpu()
         logits = logits.masked_fill(~trie.allowed(nodes, level), float("-inf"))
-        code = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator).squeeze(1)
+        if temperature == 0:
+            code = logits.argmax(dim=-1)
+        else:
+            probs = (logits / temperature).softmax(dim=-1)
+            code = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         codes.append(code)
         nodes = trie.step(nodes, level, code)
 

@@ -140,6 +140,7 @@ def ensure_ray(cfg: Config) -> bool:
         ray.init(address=address)
         return True
     ray.init(
+        address="local",  # start one; never join whatever /tmp/ray last recorded
         num_cpus=rt.num_cpus or os.cpu_count(),
         include_dashboard=False,
         _node_ip_address="127.0.0.1",

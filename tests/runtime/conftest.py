@@ -22,6 +22,7 @@ def ray_cluster():
     started = not ray.is_initialized()
     if started:
         ray.init(
+            address="local",  # a new cluster, never one a stale /tmp/ray file points at
             num_cpus=2,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",

