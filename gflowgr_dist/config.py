@@ -435,6 +435,25 @@ class RuntimeConfig(_Section):
     sync_every: int = Field(1, ge=1, description="Learner steps between weight syncs.")
     checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints (0: epochs).")
     actor_cpus: float = Field(0.25, gt=0.0, le=64.0, description="CPUs per rollout/reward actor.")
+    rollout_gpus: float = Field(
+        0.0, ge=0.0, le=8.0, description="GPUs per rollout actor (vLLM on GPU; 0 on CPU)."
+    )
+    rollout_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Custom Ray resources each rollout actor asks for (pins it to nodes "
+        "that declare them, e.g. {rollout_node: 1}).",
+    )
+    reward_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources each reward actor asks for."
+    )
+    placement: Literal["resources", "pack", "spread"] = Field(
+        "resources",
+        description="resources: each actor asks for its own resources; pack / spread: one "
+        "placement group with a bundle per actor, packed on few nodes or spread over many.",
+    )
+    placement_timeout_s: float = Field(
+        120.0, gt=0.0, description="How long to wait for the placement group's bundles."
+    )
     max_restarts: int = Field(3, ge=0, description="Restarts of a dead rollout/reward actor.")
     task_timeout_s: float = Field(300.0, gt=0.0, description="Rollout / reward call timeout.")
     sync_timeout_s: float = Field(60.0, gt=0.0, description="Weight-sync timeout per actor.")

@@ -48,6 +48,7 @@ from gflowgr_dist.runtime.messages import (
     WorkItem,
     WorkKey,
 )
+from gflowgr_dist.runtime.placement import place_roles
 from gflowgr_dist.runtime.reward import RewardActor
 from gflowgr_dist.runtime.rollout import RolloutActor, RolloutSpec
 from gflowgr_dist.runtime.weight_sync import WeightSyncError, push_weights, resolve_ack
@@ -120,6 +121,7 @@ class RunResult:
     counters: BufferCounters
     restarts: dict[str, int]
     stopped_early: bool = False
+    nodes: dict[str, str] = field(default_factory=dict)  # actor -> Ray node id at the end
 
 
 StepHook = Callable[["DistributedRun", int], None]
@@ -172,21 +174,19 @@ class DistributedRun:
             seq2seq=trainer.seq2seq,
         )
         self.spec_ref = ray.put(spec)
-        options = {
-            "num_cpus": rt.actor_cpus,
-            "max_restarts": rt.max_restarts,
-            "max_task_retries": 0,
-        }
-        rollout_cls = ray.remote(RolloutActor).options(**options)
-        reward_cls = ray.remote(RewardActor).options(**options)
+        self.placement = place_roles(rt)
         self.rollouts = {
-            f"rollout-{i}": rollout_cls.remote(self.spec_ref, f"rollout-{i}", rt.engine)
-            for i in range(rt.num_rollout_actors)
+            name: ray.remote(RolloutActor)
+            .options(**self.placement.options("rollout", i))
+            .remote(self.spec_ref, name, rt.engine)
+            for i, name in enumerate(f"rollout-{i}" for i in range(rt.num_rollout_actors))
         }
         codes = trainer.table.codes
         self.rewards = {
-            f"reward-{i}": reward_cls.remote(cfg.gfn.reward, codes, f"reward-{i}")
-            for i in range(rt.num_reward_actors)
+            name: ray.remote(RewardActor)
+            .options(**self.placement.options("reward", i))
+            .remote(cfg.gfn.reward, codes, name)
+            for i, name in enumerate(f"reward-{i}" for i in range(rt.num_reward_actors))
         }
         self.buffer = (
             buffer_actor_class().options(num_cpus=0).remote(rt.buffer_capacity, rt.max_staleness)
@@ -597,6 +597,7 @@ class DistributedRun:
             counters=ray.get(self.buffer.get_counters.remote()),
             restarts=dict(self.restarts),
             stopped_early=stopped,
+            nodes=self.nodes(),
         )
 
     def shutdown(self) -> None:
@@ -604,6 +605,14 @@ class DistributedRun:
 
         for handle in [*self.rollouts.values(), *self.rewards.values(), self.buffer]:
             ray.kill(handle, no_restart=True)
+        self.placement.remove()
+
+    def nodes(self) -> dict[str, str]:
+        """Actor name -> Ray node id it runs on now."""
+        import ray
+
+        handles = {**self.rollouts, **self.rewards}
+        return {name: ray.get(h.health.remote(), timeout=60).node for name, h in handles.items()}
 
 
 def run_distributed(

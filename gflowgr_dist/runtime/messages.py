@@ -140,3 +140,14 @@ class Health:
     pid: int
     version: int | None
     calls: int
+    node: str = ""  # Ray node id the actor runs on
+
+
+def current_node() -> str:
+    """The Ray node id of the calling process ("" outside Ray)."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except ImportError:  # pragma: no cover - Ray is a core dependency
+        return ""

@@ -17,7 +17,7 @@ import torch
 from gflowgr_dist.config import RewardConfig
 from gflowgr_dist.gfn.reward import RewardModel
 from gflowgr_dist.gfn.trajectories import trajectory_rewards
-from gflowgr_dist.runtime.messages import Health, RolloutResult, ScoredBatch
+from gflowgr_dist.runtime.messages import Health, RolloutResult, ScoredBatch, current_node
 
 
 class RewardActor:
@@ -46,4 +46,4 @@ class RewardActor:
         )
 
     def health(self) -> Health:
-        return Health(self.name, "reward", os.getpid(), None, self.calls)
+        return Health(self.name, "reward", os.getpid(), None, self.calls, current_node())

@@ -28,7 +28,14 @@ from gflowgr_dist.data.schema import RecDataset
 from gflowgr_dist.decoding.sampling import sample_sids
 from gflowgr_dist.gfn.trajectories import TrajectoryBatch, TrajectorySource
 from gflowgr_dist.models.vocab import SidVocab
-from gflowgr_dist.runtime.messages import Health, RolloutResult, SeedState, SyncAck, WorkItem
+from gflowgr_dist.runtime.messages import (
+    Health,
+    RolloutResult,
+    SeedState,
+    SyncAck,
+    WorkItem,
+    current_node,
+)
 from gflowgr_dist.semantic_ids.table import SemanticIdTable
 
 
@@ -237,7 +244,7 @@ class RolloutActor:
         return SyncAck(self.name, self.version, time.perf_counter() - started)
 
     def health(self) -> Health:
-        return Health(self.name, "rollout", os.getpid(), self.version, self.calls)
+        return Health(self.name, "rollout", os.getpid(), self.version, self.calls, current_node())
 
     def greedy(self, histories: list[np.ndarray]) -> np.ndarray:
         """The engine's greedy IDs for `histories`, codes [R, L] (tests, the GPU smoke)."""
