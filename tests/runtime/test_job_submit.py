@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import signal
 import socket
@@ -29,9 +30,19 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# One token for this module's head and its clients. `ray start` reads a token but never makes
+# one (on a fresh machine there is no ~/.ray/auth_token), so the test hands it one, the way a
+# user's cluster gets its token from a secret.
+TOKEN = secrets.token_hex(32)
+
+
 def _client_env() -> dict[str, str]:
     # CLI clients default to no auth; the head started with token auth (Ray's default) needs it.
-    return os.environ | {"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    return os.environ | {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": TOKEN,
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    }
 
 
 @pytest.fixture(scope="module")
