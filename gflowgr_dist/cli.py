@@ -108,6 +108,21 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> None:
     from gflowgr_dist.pipeline import data_dir, sft_dir
 
     folder = args.checkpoint or sft_dir(cfg) / "best"
+    if args.what == "runtime":
+        from gflowgr_dist.bench.runtime import bench_runtime, format_runtime
+
+        if args.checkpoint:
+            cfg = cfg.model_copy(
+                update={"gfn": cfg.gfn.model_copy(update={"init_checkpoint": folder})}
+            )
+        engines = tuple(args.engines.split(","))
+        result = bench_runtime(
+            cfg, folder.parent / "bench-runtime", steps=args.steps, staleness=args.staleness,
+            engines=engines,
+        )  # fmt: skip
+        print(f"== bench runtime: {folder}, {result['steps']} timed learner steps per mode")
+        print(format_runtime(result))
+        return
     if args.what == "gfn-cost":
         from gflowgr_dist.bench.gfn_cost import bench_gfn_cost, format_cost
 
@@ -180,7 +195,10 @@ COMMANDS: dict[str, tuple[Callable[..., None], str]] = {
     "matrix": (cmd_table, "the experiment matrix: the table runner with GFlowGR rows"),
     "table": (cmd_table, "baseline table: pop, SASRec, SFT decoder and T5 over seeds"),
     "report": (cmd_report, "results table with paired-bootstrap p-values, and plots"),
-    "bench": (cmd_bench, "benchmarks: `bench decode` (beam search vs transformers generate)"),
+    "bench": (
+        cmd_bench,
+        "benchmarks: decode (beam vs generate), gfn-cost, runtime (Ray vs one process)",
+    ),
 }
 
 
@@ -244,8 +262,18 @@ def _command_arguments(name: str, cmd: argparse.ArgumentParser) -> None:
             "--baseline", default="sft-decoder", metavar="NAME", help="row p is tested against"
         )
     if name == "bench":
-        cmd.add_argument("what", choices=("decode", "gfn-cost"), help="which benchmark")
-        cmd.add_argument("--steps", type=_positive, default=10, help="gfn-cost: timed steps")
+        cmd.add_argument("what", choices=("decode", "gfn-cost", "runtime"), help="which benchmark")
+        cmd.add_argument(
+            "--steps", type=_positive, default=10, help="gfn-cost / runtime: timed steps"
+        )
+        cmd.add_argument(
+            "--staleness", type=_positive, default=1, help="runtime: S of the async mode"
+        )
+        cmd.add_argument(
+            "--engines",
+            default="hf",
+            help="runtime: rollout engines to measure, comma-separated (hf, vllm)",
+        )
         cmd.add_argument("--users", type=_positive, default=200, help="test users to decode")
         cmd.add_argument("--batch-size", type=_positive, default=16)
         cmd.add_argument("--no-exact", action="store_true", help="skip exact scoring")

@@ -457,6 +457,9 @@ class RuntimeConfig(_Section):
     max_restarts: int = Field(3, ge=0, description="Restarts of a dead rollout/reward actor.")
     task_timeout_s: float = Field(300.0, gt=0.0, description="Rollout / reward call timeout.")
     sync_timeout_s: float = Field(60.0, gt=0.0, description="Weight-sync timeout per actor.")
+    restart_timeout_s: float = Field(
+        300.0, gt=0.0, description="How long a restarted actor may take to answer again."
+    )
     address: str | None = Field(
         None, description="Ray address to join (None: RAY_ADDRESS, else start one locally)."
     )

@@ -201,6 +201,17 @@ class DistributedRun:
         self.reward_turn = 0
         self.sync_seconds = 0.0
         self.window = {"tokens": 0, "rollout_s": 0.0, "idle_s": 0.0, "started": time.perf_counter()}
+        # Whole-run sums of the same quantities (the runtime benchmark reads them).
+        self.totals = {
+            "idle_s": 0.0,
+            "learn_s": 0.0,
+            "sync_s": 0.0,
+            "load_s": 0.0,
+            "syncs": 0,
+            "tokens": 0,
+            "rollout_s": 0.0,
+            "trajectories": 0,
+        }
         self._check_health()
 
     # --- roles -----------------------------------------------------------------------------
@@ -225,6 +236,8 @@ class DistributedRun:
         for name, (_, ref) in ticket.pending.items():
             self.pending[ref] = Pending("sync", name, deadline, version=ticket.version)
         self.sync_seconds = time.perf_counter() - started
+        self.totals["sync_s"] += self.sync_seconds
+        self.totals["syncs"] += 1
 
     def _resync(self, name: str) -> None:
         handle = self.rollouts[name]
@@ -258,7 +271,7 @@ class DistributedRun:
         import ray
 
         handle = {**self.rollouts, **self.rewards}[name]
-        deadline = time.monotonic() + self.rt.sync_timeout_s
+        deadline = time.monotonic() + self.rt.restart_timeout_s
         while True:
             try:
                 ray.get(handle.health.remote(), timeout=max(0.1, deadline - time.monotonic()))
@@ -266,8 +279,8 @@ class DistributedRun:
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
                 if time.monotonic() >= deadline:
                     raise RuntimeFailureError(
-                        f"actor {name} did not come back within runtime.sync_timeout_s="
-                        f"{self.rt.sync_timeout_s}s (phase 'restart'): {err}"
+                        f"actor {name} did not come back within runtime.restart_timeout_s="
+                        f"{self.rt.restart_timeout_s}s (phase 'restart'): {err}"
                     ) from err
                 time.sleep(0.2)
 
@@ -327,7 +340,8 @@ class DistributedRun:
             return
         try:
             if pending.kind == "sync":
-                resolve_ack(pending.actor, ref, pending.version)
+                ack = resolve_ack(pending.actor, ref, pending.version)
+                self.totals["load_s"] += ack.load_seconds
                 return
             value = ray.get(ref)
         except (ray.exceptions.RayActorError, WeightSyncError) as err:
@@ -377,6 +391,7 @@ class DistributedRun:
         started = time.perf_counter()
         ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=max(0.0, nearest - now))
         self.window["idle_s"] += time.perf_counter() - started
+        self.totals["idle_s"] += time.perf_counter() - started
         if not ready:
             late = [p for p in self.pending.values() if p.deadline <= time.monotonic()]
             if late:
@@ -402,6 +417,13 @@ class DistributedRun:
         self.staleness.append(lag)
         self.window["tokens"] += scored.tokens
         self.window["rollout_s"] += scored.rollout_seconds
+        for key, value in (
+            ("learn_s", outcome.seconds),
+            ("tokens", scored.tokens),
+            ("rollout_s", scored.rollout_seconds),
+            ("trajectories", scored.batch.num_trajectories),
+        ):
+            self.totals[key] += value
         if outcome.loss is not None:
             if self.learner.version % self.rt.sync_every == 0:
                 self.sync()
