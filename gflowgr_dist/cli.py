@@ -1,6 +1,7 @@
 """The `gflowgr` command line: one subcommand per pipeline stage, plus `run` for all of them.
 
     gflowgr run      --config configs/ml100k.yaml [--set key=value ...] [--dry-run]
+                     prepare → tokenize → SFT → test (→ GFlowGR fine-tune when run.finetune)
     gflowgr prepare  ...   load + split the data into Parquet
     gflowgr tokenize ...   semantic IDs for the prepared items
     gflowgr sft      ...   train the backbone (SFT) and evaluate it on test
@@ -8,6 +9,7 @@
     gflowgr train    ...   GFlowGR fine-tuning (gfn.algorithm: tb, db, subtb, dpo, sdpo, grpo)
     gflowgr table / matrix  results over seeds; gflowgr report: Markdown + plots from them
     gflowgr bench decode   our beam search vs transformers generate, and vs exact scoring
+    gflowgr bench runtime  the Ray runtime (S = 0 and async) vs the single-process trainer
     gflowgr report   --dir outputs/ml100k-gfn   Markdown table with p-values, and PNG plots
 
 Errors a user can cause (bad config, missing or malformed files) are printed as one message
@@ -23,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gflowgr_dist.config import Config, load_config
+from gflowgr_dist.config import Config, apply_overrides, load_config
 from gflowgr_dist.errors import GflowgrError
 
 logger = logging.getLogger("gflowgr_dist")
@@ -86,10 +88,58 @@ def cmd_run(cfg: Config, args: argparse.Namespace) -> None:
     from gflowgr_dist.experiments.sft_table import run_cell
     from gflowgr_dist.pipeline import prepare, sft, tokenize
 
+    # The fine-tuning stage's config is resolved first, so a bad override stops before any work.
+    finetune_cfg = apply_overrides(cfg, cfg.run.finetune_overrides) if cfg.run.finetune else None
     _print_data(cfg, prepare(cfg))
     _print_sids(cfg, tokenize(cfg))
     summary = sft(cfg, resume=args.resume)
-    _print_sft(cfg, summary, reference=run_cell(cfg, "pop"))
+    pop = run_cell(cfg, "pop")
+    _print_sft(cfg, summary, reference=pop)
+    if finetune_cfg is not None:
+        from gflowgr_dist.pipeline import gfn_dir
+
+        ray = finetune_cfg.runtime.enabled
+        _finetune(finetune_cfg, gfn_dir(finetune_cfg), resume=args.resume, ray=ray)
+
+
+def _finetune(cfg: Config, out: Path, *, resume: bool, ray: bool) -> dict[str, Any]:
+    """GFlowGR (or a baseline) from the run's SFT checkpoint, on Ray or in this process."""
+    from gflowgr_dist.pipeline import gflowgr
+
+    if ray:
+        from gflowgr_dist.runtime.driver import train_ray
+
+        summary = train_ray(cfg, out, resume=resume)
+        rt = cfg.runtime
+        where = (
+            f"Ray: {rt.num_rollout_actors} rollout ({rt.engine}) + {rt.num_reward_actors} "
+            f"reward actor(s), S={rt.max_staleness}"
+        )
+    else:
+        summary = gflowgr(cfg, out=out, resume=resume)
+        where = "one process"
+    _print_finetune(cfg, out, summary, where)
+    return summary
+
+
+def _print_finetune(cfg: Config, out: Path, summary: dict[str, Any], where: str) -> None:
+    from gflowgr_dist.eval.evaluate import format_header, format_row
+
+    train = summary["train"]
+    print(f"== GFlowGR ({cfg.gfn.algorithm}, λ={cfg.gfn.lam}) on {where} -> {out}")
+    print(
+        f"{train['steps']} steps, {train['epochs']} epochs at {train['seconds_per_epoch']:.1f}s; "
+        f"best val NDCG@10 {train['best_val_ndcg@10']:.4f} (epoch {train['best_epoch']}); "
+        f"test calibration {summary['test']['calibration']:.3f}"
+    )
+    if "runtime" in summary:
+        rt = summary["runtime"]
+        print(
+            f"runtime: {rt['admitted']} batches admitted, {rt['dropped']} dropped as stale, "
+            f"max staleness {rt['staleness_max']}, restarts {sum(rt['restarts'].values())}"
+        )
+    print(format_header())
+    print(format_row(f"gfn-{cfg.gfn.algorithm}", summary["test"]))
 
 
 def cmd_evaluate(cfg: Config, args: argparse.Namespace) -> None:
@@ -144,25 +194,10 @@ def cmd_bench(cfg: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_train(cfg: Config, args: argparse.Namespace) -> None:
-    from gflowgr_dist.eval.evaluate import format_header, format_row
-    from gflowgr_dist.pipeline import gflowgr, gfn_dir
+    from gflowgr_dist.pipeline import gfn_dir
 
     out = cfg.run.output_dir / args.name if args.name else gfn_dir(cfg)
-    if args.runtime == "ray" or cfg.runtime.enabled:
-        from gflowgr_dist.runtime.driver import train_ray
-
-        summary = train_ray(cfg, out, resume=args.resume)
-    else:
-        summary = gflowgr(cfg, out=out, resume=args.resume)
-    train = summary["train"]
-    print(f"== GFlowGR ({cfg.gfn.algorithm}, λ={cfg.gfn.lam}) -> {out}")
-    print(
-        f"{train['epochs']} epochs at {train['seconds_per_epoch']:.1f}s; best val NDCG@10 "
-        f"{train['best_val_ndcg@10']:.4f} (epoch {train['best_epoch']}); test calibration "
-        f"{summary['test']['calibration']:.3f}"
-    )
-    print(format_header())
-    print(format_row(f"gfn-{cfg.gfn.algorithm}", summary["test"]))
+    _finetune(cfg, out, resume=args.resume, ray=args.runtime == "ray" or cfg.runtime.enabled)
 
 
 def cmd_table(cfg: Config, args: argparse.Namespace) -> None:

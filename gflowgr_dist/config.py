@@ -33,6 +33,16 @@ class RunConfig(_Section):
     name: str = Field("run", min_length=1, description="Run name, used in logs.")
     output_dir: Path = Field(Path("outputs/run"), description="Everything the run writes.")
     seed: int = Field(42, ge=0, description="Seed for every random choice of the run.")
+    finetune: bool = Field(
+        False,
+        description="`gflowgr run` also fine-tunes the SFT model with the gfn section "
+        "(on the Ray runtime when runtime.enabled) and tests it.",
+    )
+    finetune_overrides: list[str] = Field(
+        default_factory=list,
+        description="`section.key=value` overrides for the fine-tuning stage only "
+        "(e.g. train.epochs=1), checked before any work.",
+    )
 
 
 class SyntheticConfig(_Section):
@@ -539,9 +549,15 @@ def load_config(
         key, value = _parse_override(override)
         _set_dotted(merged, key, value)
     try:
-        return Config.model_validate(merged)
+        cfg = Config.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, merged)) from None
+    if cfg.run.finetune_overrides:  # the fine-tuning stage's config must be valid too
+        try:
+            apply_overrides(cfg, cfg.run.finetune_overrides)
+        except ConfigError as err:
+            raise ConfigError(f"in run.finetune_overrides: {err}") from None
+    return cfg
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

@@ -131,3 +131,27 @@ def test_cli_reports_config_error_without_traceback(tmp_path):
     assert "data.kcore = -1" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "outputs").exists()  # failed before any work
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epoks=1", "train.epoks: unknown key; did you mean 'epochs'?"),
+        ("train.epochs=0", "train.epochs = 0: Input should be greater than or equal to 1"),
+        ("train", "'train' is not of the form section.key=value"),
+    ],
+)
+def test_finetune_overrides_are_checked_when_the_config_loads(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=["run.finetune=true", f"run.finetune_overrides=[{override}]"])
+    assert str(err.value).startswith("in run.finetune_overrides: ")
+    assert expected in str(err.value)
+
+
+def test_finetune_overrides_touch_only_the_finetune_stage():
+    from gflowgr_dist.config import apply_overrides
+
+    cfg = load_config([REPO / "configs/ml100k.yaml"])
+    stage = apply_overrides(cfg, cfg.run.finetune_overrides)
+    assert (cfg.train.epochs, cfg.train.lr) == (4, 1.0e-3)
+    assert (stage.train.epochs, stage.train.lr, stage.train.epoch_fraction) == (1, 5.0e-4, 0.5)

@@ -84,6 +84,11 @@ def test_ml100k_main_job_as_a_user_runs_it(tmp_path, ml100k_available):
             # the quality (the README's numbers come from the full budget).
             "--set",
             "train.max_minutes=1",
+            # ... and a fine-tuning stage of a few Ray learner steps.
+            "--set",
+            "run.finetune_overrides=[train.epochs=1, train.epoch_fraction=0.05, train.lr=5e-4]",
+            "--set",
+            "gfn.calibration_users=50",
         ],
         capture_output=True,
         text=True,
@@ -100,3 +105,8 @@ def test_ml100k_main_job_as_a_user_runs_it(tmp_path, ml100k_available):
     assert "sft-decoder" in out.stdout and "pop " in out.stdout
     summary = json.loads((tmp_path / "sft-decoder/summary.json").read_text())
     assert summary["test"]["users"] == 943 and summary["test"]["valid_id_rate"] == 1.0
+    # The fine-tuning stage ran on the Ray runtime the config asks for, and was tested.
+    assert "== GFlowGR (tb, λ=1.0) on Ray: 2 rollout (hf) + 1 reward actor(s), S=1" in out.stdout
+    tuned = json.loads((tmp_path / "gfn-tb/summary.json").read_text())
+    assert tuned["train"]["steps"] > 0 and tuned["runtime"]["staleness_max"] <= 1
+    assert tuned["test"]["users"] == 943 and tuned["test"]["valid_id_rate"] == 1.0
