@@ -443,6 +443,14 @@ class RuntimeConfig(_Section):
         "(rollouts in order); per_batch: a stream per batch (rollouts in parallel).",
     )
     sync_every: int = Field(1, ge=1, description="Learner steps between weight syncs.")
+    weight_sync: Literal["object_store", "nccl"] = Field(
+        "object_store",
+        description="object_store: the state dict through Ray's object store (CPU and GPU); "
+        "nccl: vLLM's native NCCL weight transfer (engine vllm, learner and rollouts on GPUs).",
+    )
+    nccl_port: int = Field(
+        29_555, ge=1024, le=65_535, description="TCP port of the NCCL weight-transfer rendezvous."
+    )
     checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints (0: epochs).")
     actor_cpus: float = Field(0.25, gt=0.0, le=64.0, description="CPUs per rollout/reward actor.")
     rollout_gpus: float = Field(
@@ -483,6 +491,12 @@ class RuntimeConfig(_Section):
             raise ValueError(
                 f"sync_every={self.sync_every} exceeds max_staleness + 1 = "
                 f"{self.max_staleness + 1}; sync at least every S + 1 learner steps"
+            )
+        if self.weight_sync == "nccl" and (self.engine != "vllm" or self.rollout_gpus <= 0):
+            raise ValueError(
+                f"weight_sync='nccl' sends weights to vLLM engines on GPUs, but engine="
+                f"{self.engine!r} and rollout_gpus={self.rollout_gpus}; set engine: vllm and "
+                "rollout_gpus > 0, or use weight_sync: object_store"
             )
         if self.buffer_capacity < self.max_staleness + 1:
             raise ValueError(

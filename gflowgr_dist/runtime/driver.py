@@ -213,6 +213,13 @@ class DistributedRun:
             "trajectories": 0,
         }
         self._check_health()
+        self.nccl = None
+        if rt.weight_sync == "nccl":
+            from gflowgr_dist.runtime.weight_transfer_gpu import NcclWeightSync
+
+            self.nccl = NcclWeightSync(
+                trainer.model, self.rollouts, master_port=rt.nccl_port, timeout_s=rt.sync_timeout_s
+            )
 
     # --- roles -----------------------------------------------------------------------------
 
@@ -230,16 +237,29 @@ class DistributedRun:
     def sync(self) -> None:
         """Sends the learner's weights (version = learner step) to every rollout actor."""
         started = time.perf_counter()
+        if self.nccl is not None:  # blocking: one NCCL broadcast to every actor
+            acks = self.nccl.send(self.learner.version)
+            self.latest_version = self.learner.version
+            self.totals["load_s"] += sum(a.load_seconds for a in acks.values())
+            self._count_sync(time.perf_counter() - started)
+            return
         ticket = push_weights(self.rollouts, self.learner.state_dict(), self.learner.version)
         self.latest_state_ref, self.latest_version = ticket.state_ref, ticket.version
         deadline = time.monotonic() + self.rt.sync_timeout_s
         for name, (_, ref) in ticket.pending.items():
             self.pending[ref] = Pending("sync", name, deadline, version=ticket.version)
-        self.sync_seconds = time.perf_counter() - started
-        self.totals["sync_s"] += self.sync_seconds
+        self._count_sync(time.perf_counter() - started)
+
+    def _count_sync(self, seconds: float) -> None:
+        self.sync_seconds = seconds
+        self.totals["sync_s"] += seconds
         self.totals["syncs"] += 1
 
     def _resync(self, name: str) -> None:
+        if self.nccl is not None:  # a new member: the NCCL world is formed again
+            self.nccl.reconnect()
+            self.nccl.send(self.latest_version)
+            return
         handle = self.rollouts[name]
         ref = handle.load_weights.remote(self.latest_state_ref, self.latest_version)
         deadline = time.monotonic() + self.rt.sync_timeout_s

@@ -151,3 +151,10 @@ def current_node() -> str:
         return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
     except ImportError:  # pragma: no cover - Ray is a core dependency
         return ""
+
+
+def current_node_ip() -> str:
+    """This process's node address as Ray sees it (127.0.0.1 on a loopback-only cluster)."""
+    import ray
+
+    return ray.util.get_node_ip_address()

