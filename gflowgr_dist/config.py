@@ -435,6 +435,13 @@ class RuntimeConfig(_Section):
     )
     num_rollout_actors: int = Field(1, ge=1, le=1024)
     num_reward_actors: int = Field(1, ge=1, le=1024)
+    num_learners: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Data-parallel learner replicas (gloo): the driver is rank 0, the rest are "
+        "actors; each learner step takes one batch per replica.",
+    )
     max_staleness: int = Field(0, ge=0, le=1000, description="S in policy versions.")
     buffer_capacity: int = Field(8, ge=1, le=100_000, description="Batches the buffer holds.")
     seeding: Literal["stream", "per_batch"] = Field(
@@ -498,10 +505,11 @@ class RuntimeConfig(_Section):
                 f"{self.engine!r} and rollout_gpus={self.rollout_gpus}; set engine: vllm and "
                 "rollout_gpus > 0, or use weight_sync: object_store"
             )
-        if self.buffer_capacity < self.max_staleness + 1:
+        in_flight = (self.max_staleness + 1) * self.num_learners
+        if self.buffer_capacity < in_flight:
             raise ValueError(
-                f"buffer_capacity={self.buffer_capacity} is below max_staleness + 1 = "
-                f"{self.max_staleness + 1} (the batches that may be in flight)"
+                f"buffer_capacity={self.buffer_capacity} is below (max_staleness + 1) x "
+                f"num_learners = {in_flight} (the batches that may be in flight)"
             )
         return self
 

@@ -89,11 +89,13 @@ def test_ml100k_main_job_as_a_user_runs_it(tmp_path, ml100k_available):
             "run.finetune_overrides=[train.epochs=1, train.epoch_fraction=0.05, train.lr=5e-4]",
             "--set",
             "gfn.calibration_users=50",
+            "--set",
+            "train.max_eval_users=100",
         ],
         capture_output=True,
         text=True,
         cwd=REPO,
-        timeout=600,
+        timeout=1500,
     )
     assert out.returncode == 0, out.stderr
     assert "users         943" in out.stdout

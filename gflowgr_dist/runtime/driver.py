@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,14 @@ from gflowgr_dist.runtime.rollout import RolloutActor, RolloutSpec
 from gflowgr_dist.runtime.weight_sync import WeightSyncError, push_weights, resolve_ack
 
 logger = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("", 0))
+        return sock.getsockname()[1]
 
 
 class RuntimeFailureError(RuntimeError):
@@ -158,7 +167,9 @@ class DistributedRun:
 
         self.cfg, self.rt = cfg, cfg.runtime
         self.trainer = trainer
-        self.learner = Learner(trainer)
+        self.learner = Learner(
+            trainer, self._start_learners(cfg, trainer), cfg.runtime.task_timeout_s
+        )
         self.out = Path(out)
         self.on_step = on_step
         rt = self.rt
@@ -222,6 +233,37 @@ class DistributedRun:
             )
 
     # --- roles -----------------------------------------------------------------------------
+
+    def _start_learners(self, cfg: Config, trainer) -> dict[str, Any]:
+        """Ranks 1 … N-1 of the data-parallel learners, joined with this process in gloo."""
+        import ray
+        import torch.distributed as dist
+
+        rt = cfg.runtime
+        if rt.num_learners == 1:
+            return {}
+        from gflowgr_dist.runtime.learner import LearnerSpec, LearnerWorker
+        from gflowgr_dist.runtime.messages import current_node_ip
+
+        model = trainer.model
+        spec = LearnerSpec(
+            cfg, trainer.dataset, trainer.splits, trainer.table, trainer.vocab,
+            type(model), model.config, trainer.cf_model,
+        )  # fmt: skip
+        spec_ref = ray.put(spec)
+        workers = {
+            f"learner-{rank}": ray.remote(LearnerWorker)
+            .options(num_cpus=rt.actor_cpus, max_restarts=0)
+            .remote(spec_ref, rank)
+            for rank in range(1, rt.num_learners)
+        }
+        init = f"tcp://{current_node_ip()}:{_free_port()}"
+        joins = [w.join.remote(init, rt.num_learners, rt.task_timeout_s) for w in workers.values()]
+        timeout = timedelta(seconds=rt.task_timeout_s)
+        dist.init_process_group("gloo", init_method=init, rank=0, world_size=rt.num_learners,
+                                timeout=timeout)  # fmt: skip
+        ray.get(joins, timeout=rt.task_timeout_s)
+        return workers
 
     def _check_health(self) -> None:
         import ray
@@ -334,7 +376,7 @@ class DistributedRun:
                 work = self.reissue.popleft()
                 work.attempt += 1
                 work.progress = self._progress()
-            elif len(self.inflight) >= self.rt.max_staleness + 1:
+            elif len(self.inflight) >= (self.rt.max_staleness + 1) * self.learner.world_size:
                 return
             elif self.todo:
                 index = self.todo[0]
@@ -425,30 +467,39 @@ class DistributedRun:
         for ref in ready:
             self._complete(ref)
 
-    def _consume(self, scored: ScoredBatch) -> StepOutcome:
-        lag = self.learner.version - scored.policy_version
-        outcome = self.learner.step(scored)
+    def _consume(self, group: list[ScoredBatch]) -> StepOutcome:
+        """One learner step on `group` (one batch per learner replica), then its accounting."""
+        version = self.learner.version
+        if self.learner.workers:
+            outcome = self.learner.step_group(group)
+        else:
+            outcome = self.learner.step(group[0])
+        lags = [version - scored.policy_version for scored in group]
+        for scored, lag in zip(group, lags, strict=True):
+            self._account(scored, lag)
+        self.losses.append(outcome.loss)
+        self.totals["learn_s"] += outcome.seconds
+        if outcome.loss is not None:
+            if self.learner.version % self.rt.sync_every == 0:
+                self.sync()
+            self._log(outcome, max(lags))
+        return outcome
+
+    def _account(self, scored: ScoredBatch, lag: int) -> None:
         self.inflight.pop(scored.work.key, None)
         self.cursor.consumed.append(scored.work.key.index)
         ids = [int(i) for i in scored.batch.example_ids]
         self.cursor.consumed_ids.extend(ids)
         self.consumed_ids.setdefault(self.epoch, []).extend(ids)
-        self.losses.append(outcome.loss)
         self.staleness.append(lag)
         self.window["tokens"] += scored.tokens
         self.window["rollout_s"] += scored.rollout_seconds
         for key, value in (
-            ("learn_s", outcome.seconds),
             ("tokens", scored.tokens),
             ("rollout_s", scored.rollout_seconds),
             ("trajectories", scored.batch.num_trajectories),
         ):
             self.totals[key] += value
-        if outcome.loss is not None:
-            if self.learner.version % self.rt.sync_every == 0:
-                self.sync()
-            self._log(outcome, lag)
-        return outcome
 
     def _log(self, outcome: StepOutcome, lag: int) -> None:
         """One line per learner step with fixed fields; everything to the metrics files."""
@@ -520,16 +571,22 @@ class DistributedRun:
         self.reissue: deque[WorkItem] = deque()
         self.inflight: dict[WorkKey, WorkItem] = {}
         trainer.model.train()
+        group: list[ScoredBatch] = []  # batches taken for the next step, one per learner
         while len(self.cursor.consumed) < len(self.batches):
             self._issue()
             take = ray.get(self.buffer.take.remote(self.learner.version))
             for work in take.dropped:
                 self.inflight.pop(work.key, None)
                 self.reissue.append(work)
-            if take.scored is None:
-                self._wait()
+            if take.scored is not None:
+                group.append(take.scored)
+            left = len(self.batches) - len(self.cursor.consumed) - len(group)
+            if len(group) < self.learner.world_size and left > 0:
+                if take.scored is None:
+                    self._wait()
                 continue
-            outcome = self._consume(take.scored)
+            outcome = self._consume(group)
+            group = []
             if self.on_step is not None and outcome.loss is not None:
                 self._issue()  # so that a hook finds work in flight
                 self.on_step(self, self.learner.version)
@@ -596,6 +653,7 @@ class DistributedRun:
         self.cursor = Cursor()
         if resume:
             self._resume()
+        self.learner.push_state()
         self.sync()
         stopped = False
         while trainer.state.epoch < self.cfg.train.epochs:
@@ -644,8 +702,15 @@ class DistributedRun:
 
     def shutdown(self) -> None:
         import ray
+        import torch.distributed as dist
 
-        for handle in [*self.rollouts.values(), *self.rewards.values(), self.buffer]:
+        if self.learner.workers:
+            leaving = [w.leave.remote() for w in self.learner.workers.values()]
+            ray.wait(leaving, num_returns=len(leaving), timeout=30)
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        workers = list(self.learner.workers.values())
+        for handle in [*self.rollouts.values(), *self.rewards.values(), self.buffer, *workers]:
             ray.kill(handle, no_restart=True)
         self.placement.remove()
 
