@@ -7,8 +7,8 @@ weights: the driver need not block on the sync, and a busy actor finishes its cu
 first. Every wait has a deadline, and a timeout or a dead actor raises `WeightSyncError` naming
 the actor and the phase.
 
-The GPU path (vLLM's NCCL weight transfer) is not implemented here; `VllmEngine.load_weights`
-takes the same state dict through `collective_rpc`.
+`VllmEngine.load_weights` takes the same state dict through `collective_rpc`. The GPU route,
+vLLM's NCCL weight transfer, is `runtime/weight_transfer_gpu.py` (`runtime.weight_sync: nccl`).
 """
 
 from __future__ import annotations
