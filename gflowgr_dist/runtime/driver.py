@@ -260,9 +260,19 @@ class DistributedRun:
         init = f"tcp://{current_node_ip()}:{_free_port()}"
         joins = [w.join.remote(init, rt.num_learners, rt.task_timeout_s) for w in workers.values()]
         timeout = timedelta(seconds=rt.task_timeout_s)
-        dist.init_process_group("gloo", init_method=init, rank=0, world_size=rt.num_learners,
-                                timeout=timeout)  # fmt: skip
-        ray.get(joins, timeout=rt.task_timeout_s)
+        try:
+            dist.init_process_group("gloo", init_method=init, rank=0, world_size=rt.num_learners,
+                                    timeout=timeout)  # fmt: skip
+            ray.get(joins, timeout=rt.task_timeout_s)
+        except Exception as err:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            for handle in workers.values():
+                ray.kill(handle, no_restart=True)
+            raise RuntimeFailureError(
+                f"the {rt.num_learners} data-parallel learners did not form their gloo group at "
+                f"{init} within runtime.task_timeout_s={rt.task_timeout_s}s: {err}"
+            ) from err
         return workers
 
     def _check_health(self) -> None:
