@@ -146,6 +146,17 @@ def bench_distributed(cfg: Config, out: Path, steps: int, mode: str) -> dict[str
     }
 
 
+def _bench_vllm(cfg: Config, out: Path, steps: int, staleness: int) -> dict[str, Any]:
+    """The S = 0 mode with the vLLM engine; a failure to start is reported, not raised."""
+    from gflowgr_dist.runtime.driver import RuntimeFailureError
+
+    vllm_cfg = bench_config(cfg, "sync", staleness, engine="vllm")
+    try:
+        return bench_distributed(vllm_cfg, out / "vllm", max(3, steps // 2), "sync")
+    except RuntimeFailureError as err:
+        return {"mode": "sync-vllm", "skipped": str(err)[:160]}
+
+
 def raw_copy_seconds(cfg: Config, out: Path, repeats: int = 20) -> float:
     """Seconds to clone the backbone's state dict in memory (the floor any sync compares to)."""
     from gflowgr_dist.pipeline import sft_dir
@@ -229,8 +240,7 @@ def bench_runtime(
             if importlib.util.find_spec("vllm") is None:
                 rows.append({"mode": "sync-vllm", "skipped": "vllm is not installed"})
             else:
-                vllm_cfg = bench_config(cfg, "sync", staleness, engine="vllm")
-                rows.append(bench_distributed(vllm_cfg, out / "vllm", max(3, steps // 2), "sync"))
+                rows.append(_bench_vllm(cfg, out, steps, staleness))
         buffer = bench_buffer()
     finally:
         if started_ray:

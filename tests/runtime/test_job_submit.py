@@ -61,18 +61,20 @@ def ray_head(tmp_path_factory):
             cmd, stdout=sink, stderr=subprocess.STDOUT, env=_client_env(), start_new_session=True
         )
     address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # the job server answers once the dashboard is up
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        # Ready once a job runs: the job server answers before the head's job agent has
+        # registered, and a submission in between fails ("no available job agent").
         probe = subprocess.run(
-            [str(RAY), "job", "list", "--address", address],
+            [str(RAY), "job", "submit", "--address", address, "--", "true"],
             capture_output=True, text=True, env=_client_env(),
         )  # fmt: skip
-        if probe.returncode == 0:
+        if probe.returncode == 0 and "succeeded" in probe.stdout:
             break
-        time.sleep(2)
+        time.sleep(3)
     else:
-        head.kill()
-        pytest.fail(f"ray head did not come up in 120 s: {log.read_text()[-2000:]}")
+        os.killpg(head.pid, signal.SIGTERM)
+        pytest.fail(f"ray head ran no job within 300 s: {log.read_text()[-2000:]}")
     yield address
     os.killpg(head.pid, signal.SIGTERM)
     head.wait(timeout=60)
