@@ -199,8 +199,15 @@ class DistributedRun:
             .remote(cfg.gfn.reward, codes, name)
             for i, name in enumerate(f"reward-{i}" for i in range(rt.num_reward_actors))
         }
+        # The buffer lives on the driver's node: it holds state the driver cannot lose with a
+        # worker node (an unpinned zero-CPU actor may land on any node).
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         self.buffer = (
-            buffer_actor_class().options(num_cpus=0).remote(rt.buffer_capacity, rt.max_staleness)
+            buffer_actor_class()
+            .options(num_cpus=0, scheduling_strategy=here)
+            .remote(rt.buffer_capacity, rt.max_staleness)
         )
         self.restarts = {name: 0 for name in [*self.rollouts, *self.rewards]}
         self.pending: dict[Any, Pending] = {}
@@ -724,12 +731,19 @@ class DistributedRun:
             ray.kill(handle, no_restart=True)
         self.placement.remove()
 
-    def nodes(self) -> dict[str, str]:
-        """Actor name -> Ray node id it runs on now."""
+    def nodes(self, timeout_s: float = 60.0) -> dict[str, str]:
+        """Actor name -> Ray node id it runs on now ("" for one that is busy or gone)."""
         import ray
 
-        handles = {**self.rollouts, **self.rewards}
-        return {name: ray.get(h.health.remote(), timeout=60).node for name, h in handles.items()}
+        refs = {name: h.health.remote() for name, h in {**self.rollouts, **self.rewards}.items()}
+        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+        where = {}
+        for name, ref in refs.items():
+            try:
+                where[name] = ray.get(ref).node if ref in ready else ""
+            except ray.exceptions.RayActorError:
+                where[name] = ""
+        return where
 
 
 def run_distributed(

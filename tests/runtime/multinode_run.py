@@ -78,7 +78,7 @@ def _run(out, placement, cluster, workers, name_of) -> dict:
 
     def on_step(run, step: int) -> None:
         if step == 2 and "before" not in seen:
-            seen["before"] = {a: name_of[n] for a, n in run.nodes().items()}
+            seen["before"] = {a: name_of[n] for a, n in run.nodes(timeout_s=300).items()}
             doomed = seen["before"]["rollout-0"]
             cluster.remove_node(workers[doomed])
 
