@@ -147,14 +147,17 @@ def bench_distributed(cfg: Config, out: Path, steps: int, mode: str) -> dict[str
 
 
 def _bench_vllm(cfg: Config, out: Path, steps: int, staleness: int) -> dict[str, Any]:
-    """The S = 0 mode with the vLLM engine; a failure to start is reported, not raised."""
+    """The S = 0 mode with the vLLM engine; its failure is reported beside the other rows."""
+    import ray
+
     from gflowgr_dist.runtime.driver import RuntimeFailureError
 
     vllm_cfg = bench_config(cfg, "sync", staleness, engine="vllm")
     try:
         return bench_distributed(vllm_cfg, out / "vllm", max(3, steps // 2), "sync")
-    except RuntimeFailureError as err:
-        return {"mode": "sync-vllm", "skipped": str(err)[:160]}
+    except (RuntimeFailureError, ray.exceptions.RayError) as err:
+        reason = str(err).strip().splitlines()[-1][:160]
+        return {"mode": "sync-vllm", "skipped": f"{type(err).__name__}: {reason}"}
 
 
 def raw_copy_seconds(cfg: Config, out: Path, repeats: int = 20) -> float:
