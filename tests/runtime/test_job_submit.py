@@ -50,10 +50,18 @@ def ray_head(tmp_path_factory):
     if not RAY.is_file():
         pytest.skip(f"the ray CLI is not installed beside {sys.executable}")
     port, dashboard = _free_port(), _free_port()
+    # Every listener on a free port: the session's test cluster already holds Ray's default
+    # agent ports, and a head whose job agent cannot bind never accepts a job.
+    agent = [
+        f"--dashboard-agent-listen-port={_free_port()}",
+        f"--dashboard-agent-grpc-port={_free_port()}",
+        f"--metrics-export-port={_free_port()}",
+        f"--runtime-env-agent-port={_free_port()}",
+    ]  # fmt: skip
     cmd = [
         str(RAY), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-        "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats",
+        "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats", *agent,
     ]  # fmt: skip
     log = tmp_path_factory.mktemp("head") / "head.log"
     with log.open("w") as sink:
