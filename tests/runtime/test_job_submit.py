@@ -99,13 +99,15 @@ def test_ray_job_submit_runs_distributed_training_on_the_head(ray_head, tmp_path
     cli = f"{shlex.quote(sys.executable)} -m gflowgr_dist.cli"
     config = f"--config {REPO / 'configs/synthetic.yaml'}"
     entry = f"{cli} run {config} {args} && {cli} train --runtime ray {config} {args}"
-    runtime_env = {"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}}
+    # Through the documented wrapper: the repository as working dir, cluster/runtime-env.yaml,
+    # the token from RAY_AUTH_TOKEN.
+    env = _client_env() | {"RAY_CLI": str(RAY)}
     submitted = subprocess.run(
         [
-            str(RAY), "job", "submit", "--address", ray_head,
-            "--runtime-env-json", json.dumps(runtime_env), "--", "bash", "-c", entry,
+            "bash", str(REPO / "cluster/submit.sh"), "--address", ray_head,
+            "--submission-id", "gflowgr-test", "--", "bash", "-c", entry,
         ],
-        capture_output=True, text=True, env=_client_env(), cwd=REPO, timeout=900,
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=900,
     )  # fmt: skip
     assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
     assert "succeeded" in submitted.stdout
@@ -113,3 +115,14 @@ def test_ray_job_submit_runs_distributed_training_on_the_head(ray_head, tmp_path
     summary = json.loads((out / "gfn-tb/summary.json").read_text())
     assert summary["runtime"]["restarts"] == {"rollout-0": 0, "reward-0": 0}
     assert summary["train"]["steps"] > 0 and summary["test"]["valid_id_rate"] == 1.0
+    # The guide's follow-up commands work on the finished job.
+    status = subprocess.run(
+        [str(RAY), "job", "status", "--address", ray_head, "gflowgr-test"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert status.returncode == 0 and "'gflowgr-test' succeeded" in status.stdout, status.stderr
+    logs = subprocess.run(
+        [str(RAY), "job", "logs", "--address", ray_head, "gflowgr-test"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert logs.returncode == 0 and "== GFlowGR (tb" in logs.stdout
