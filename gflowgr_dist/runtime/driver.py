@@ -43,6 +43,7 @@ from gflowgr_dist.runtime.buffer import buffer_actor_class
 from gflowgr_dist.runtime.learner import Learner, StepOutcome
 from gflowgr_dist.runtime.messages import (
     BufferCounters,
+    Health,
     RolloutResult,
     ScoredBatch,
     SeedState,
@@ -131,9 +132,22 @@ class RunResult:
     restarts: dict[str, int]
     stopped_early: bool = False
     nodes: dict[str, str] = field(default_factory=dict)  # actor -> Ray node id at the end
+    retired: list[str] = field(default_factory=list)  # actors taken out of service
 
 
 StepHook = Callable[["DistributedRun", int], None]
+
+
+def _brief(err: BaseException) -> str:
+    """One line for an error raised in an actor (Ray's text carries the remote traceback)."""
+    cause = getattr(err, "cause", None) or err
+    lines = str(cause).strip().splitlines() or [""]
+    return f"{type(cause).__name__}: {lines[-1]}"
+
+
+def _where(health: Health) -> tuple[str, int]:
+    """The process behind an actor: (Ray node id, pid)."""
+    return health.node, health.pid
 
 
 def ensure_ray(cfg: Config) -> bool:
@@ -210,6 +224,7 @@ class DistributedRun:
             .remote(rt.buffer_capacity, rt.max_staleness)
         )
         self.restarts = {name: 0 for name in [*self.rollouts, *self.rewards]}
+        self.retired: list[str] = []
         self.pending: dict[Any, Pending] = {}
         self.latest_state_ref = None
         self.latest_version = -1
@@ -291,7 +306,8 @@ class DistributedRun:
         late = [name for name, ref in refs.items() if ref not in ready]
         if late:
             raise RuntimeFailureError(f"actors {late} did not start within 300s (phase 'health')")
-        ray.get(ready)
+        # Which process serves each actor: a restart is over once another one answers.
+        self.incarnation = {name: _where(ray.get(ref)) for name, ref in refs.items()}
 
     def sync(self) -> None:
         """Sends the learner's weights (version = learner step) to every rollout actor."""
@@ -324,47 +340,89 @@ class DistributedRun:
         deadline = time.monotonic() + self.rt.sync_timeout_s
         self.pending[ref] = Pending("sync", name, deadline, version=self.latest_version)
 
+    def _restart(self, name: str, why: str) -> None:
+        """A hung or failing actor: kill it so Ray starts it afresh, then recover it."""
+        import ray
+
+        logger.warning("runtime: actor %s %s; restarting it", name, why)
+        ray.kill({**self.rollouts, **self.rewards}[name], no_restart=False)
+        self._recover(name, RuntimeError(why))
+
     def _recover(self, name: str, err: Exception) -> None:
-        """A dead actor: Ray restarts it; re-sync a rollout actor and re-issue its work."""
+        """A dead actor: re-issue its work, then re-sync it once Ray has restarted it.
+
+        An actor that keeps failing (more than runtime.max_restarts times) or does not come
+        back within runtime.restart_timeout_s is taken out of service while another actor of
+        its role remains; the last one failing stops the run with the reason.
+        """
         self.restarts[name] += 1
-        budget = 2 * (self.rt.max_restarts + 1)
-        if self.restarts[name] > budget:
-            raise RuntimeFailureError(
-                f"actor {name} failed {self.restarts[name]} times (runtime.max_restarts="
-                f"{self.rt.max_restarts}); last error: {err}"
+        self._reissue_calls_of(name)
+        if self.restarts[name] > self.rt.max_restarts:
+            self._retire(
+                name,
+                f"failed {self.restarts[name]} times (runtime.max_restarts="
+                f"{self.rt.max_restarts}); last error: {_brief(err)}",
             )
+            return
         logger.warning("runtime: actor %s died (%s); recovering", name, type(err).__name__)
+        try:
+            self._await_restart(name)
+        except RuntimeFailureError as late:
+            self._retire(name, str(late))
+            return
+        if name in self.rollouts:
+            self._resync(name)
+
+    def _reissue_calls_of(self, name: str) -> None:
         mine = [(ref, p) for ref, p in self.pending.items() if p.actor == name]
         for ref, pending in mine:
             del self.pending[ref]
             if pending.kind == "rollout":
                 self.reissue.appendleft(pending.work)
             elif pending.kind == "reward":
-                self._submit_reward(pending.result)
-        self._await_restart(name)
-        if name in self.rollouts:
-            self._resync(name)
+                self._submit_reward(pending.result, avoid=name)
+
+    def _retire(self, name: str, why: str) -> None:
+        """Takes `name` out of service, or stops the run if it is the last of its role."""
+        import ray
+
+        role = self.rollouts if name in self.rollouts else self.rewards
+        if len(role) == 1:
+            raise RuntimeFailureError(f"actor {name} {why}; no other actor of its role is left")
+        logger.error("runtime: taking actor %s out of service: %s", name, why)
+        handle = role.pop(name)
+        self.retired.append(name)
+        ray.kill(handle, no_restart=True)
+        self._reissue_calls_of(name)
 
     def _await_restart(self, name: str) -> None:
-        """Blocks until Ray has restarted `name` (calls sent meanwhile would fail)."""
+        """Blocks until a new process of `name` answers (calls sent meanwhile would fail).
+
+        The old process may still answer for a moment after `ray.kill`: only an answer from
+        another process (node, pid) ends the wait.
+        """
         import ray
 
         handle = {**self.rollouts, **self.rewards}[name]
         deadline = time.monotonic() + self.rt.restart_timeout_s
-        while True:
+        last = "its old process still answers"
+        while time.monotonic() < deadline:
             try:
-                ray.get(handle.health.remote(), timeout=max(0.1, deadline - time.monotonic()))
-                return
+                left = max(0.1, deadline - time.monotonic())
+                where = _where(ray.get(handle.health.remote(), timeout=left))
+                if where != self.incarnation.get(name):
+                    self.incarnation[name] = where
+                    return
             except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as err:
-                if time.monotonic() >= deadline:
-                    raise RuntimeFailureError(
-                        f"actor {name} did not come back within runtime.restart_timeout_s="
-                        f"{self.rt.restart_timeout_s}s (phase 'restart'): {err}"
-                    ) from err
-                time.sleep(0.2)
+                last = f"{type(err).__name__}: {err}"
+            time.sleep(0.2)
+        raise RuntimeFailureError(
+            f"actor {name} did not come back within runtime.restart_timeout_s="
+            f"{self.rt.restart_timeout_s}s (phase 'restart'): {last}"
+        )
 
-    def _submit_reward(self, result: RolloutResult) -> None:
-        names = list(self.rewards)
+    def _submit_reward(self, result: RolloutResult, avoid: str | None = None) -> None:
+        names = [n for n in self.rewards if n != avoid] or list(self.rewards)
         name = names[self.reward_turn % len(names)]
         self.reward_turn += 1
         ref = self.rewards[name].score.remote(result)
@@ -423,16 +481,17 @@ class DistributedRun:
                 self.totals["load_s"] += ack.load_seconds
                 return
             value = ray.get(ref)
-        except (ray.exceptions.RayActorError, WeightSyncError) as err:
-            if isinstance(err, WeightSyncError) and not isinstance(
+        except (ray.exceptions.RayActorError, WeightSyncError, ray.exceptions.RayTaskError) as err:
+            died = isinstance(err, ray.exceptions.RayActorError) or isinstance(
                 err.__cause__, ray.exceptions.RayActorError
-            ):
-                raise
-            if pending.kind == "rollout":
-                self.reissue.appendleft(pending.work)
-            self._recover(pending.actor, err)
-            if pending.kind == "reward":
-                self._submit_reward(pending.result)
+            )
+            if not died and pending.kind != "sync":
+                raise  # a rollout / reward call that raised: a bug or bad data, not a fault
+            self.pending[ref] = pending  # handled with the rest of the actor's calls
+            if died:
+                self._recover(pending.actor, err)
+            else:  # the sync failed in the actor (or acked a wrong version): start it afresh
+                self._restart(pending.actor, f"failed phase 'load_weights': {_brief(err)}")
             return
         if pending.kind == "rollout":
             result: RolloutResult = value
@@ -476,10 +535,8 @@ class DistributedRun:
             if late:
                 p = late[0]
                 what = {"rollout": "generate", "reward": "score", "sync": "load_weights"}[p.kind]
-                raise RuntimeFailureError(
-                    f"actor {p.actor} did not finish phase '{what}' in time "
-                    f"(runtime.{'sync' if p.kind == 'sync' else 'task'}_timeout_s)"
-                )
+                knob = f"runtime.{'sync' if p.kind == 'sync' else 'task'}_timeout_s"
+                self._restart(p.actor, f"did not finish phase '{what}' within {knob}")
             return
         for ref in ready:
             self._complete(ref)
@@ -713,6 +770,7 @@ class DistributedRun:
             consumed_ids=self.consumed_ids,
             counters=ray.get(self.buffer.get_counters.remote()),
             restarts=dict(self.restarts),
+            retired=list(self.retired),
             stopped_early=stopped,
             nodes=self.nodes(),
         )
@@ -812,6 +870,8 @@ def train_ray(cfg: Config, out: Path, *, resume: bool = False) -> dict[str, Any]
         "dropped": result.counters.dropped,
         "admitted": result.counters.admitted,
         "restarts": result.restarts,
+        "retired": result.retired,
+        "skipped_steps": sum(loss is None for loss in result.losses),
         "staleness_max": max(result.staleness or [0]),
     }
     summary = {
