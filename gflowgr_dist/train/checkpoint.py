@@ -10,13 +10,18 @@ A checkpoint folder holds:
 - `trainer_state.pt`: optimizer, scheduler, RNG states and counters, read back with
   `torch.load(weights_only=True)` (tensors and plain containers only; no pickle of objects).
 
-`save` writes everything into a temporary sibling folder and renames it over the old one, so a
-crash mid-write leaves the previous checkpoint intact.
+`save` writes everything into a temporary sibling folder `.<name>.<random>` and then renames:
+the old folder to `.<name>.old`, the new one into place, and deletes the old. A process killed
+at any moment leaves either the previous checkpoint or the new one complete: `recover` (called
+before every load) finds which, puts it back under `<name>` if the kill fell between the two
+renames, and deletes the torn temporary folders with a warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import pickle
 import random
 import shutil
 import tempfile
@@ -32,6 +37,8 @@ from gflowgr_dist.config import Config
 from gflowgr_dist.errors import DataError
 from gflowgr_dist.models.vocab import SidVocab
 from gflowgr_dist.semantic_ids.table import SemanticIdTable
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,6 +75,38 @@ def save(folder: Path, bundle: Bundle) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def recover(folder: Path) -> Path:
+    """Makes `folder` the last complete checkpoint again after a kill in the middle of `save`.
+
+    - `.<name>.<random>` folders are writes that never finished: deleted, with a warning;
+    - `<name>` missing but `.<name>.old` present: the kill fell between the two renames, and
+      the old folder is the last complete checkpoint: renamed back;
+    - both present: the new one had landed; the old one is deleted.
+    """
+    folder = Path(folder)
+    old = folder.with_name(f".{folder.name}.old")
+    if not folder.parent.is_dir():
+        return folder
+    for torn in folder.parent.glob(f".{folder.name}.*"):
+        if torn != old and torn.is_dir():
+            logger.warning(
+                "checkpoint: ignoring torn checkpoint %s (a write that never finished); "
+                "deleting it and resuming from %s",
+                torn,
+                folder if folder.exists() else old,
+            )
+            shutil.rmtree(torn, ignore_errors=True)
+    if old.is_dir():
+        if folder.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            logger.warning(
+                "checkpoint: %s was being replaced when the run stopped; restoring it", folder
+            )
+            old.rename(folder)
     return folder
 
 
@@ -121,7 +160,7 @@ def load_model(folder: Path) -> tuple[PreTrainedModel, SidVocab, SemanticIdTable
     Raises:
         DataError: the folder is not a checkpoint written by `save`.
     """
-    folder = Path(folder)
+    folder = recover(Path(folder))
     if not (folder / "model" / "config.json").is_file() or not (folder / "vocab.json").is_file():
         raise DataError(
             f"{str(folder)!r} is not a gflowgr checkpoint (no model/config.json or vocab.json); "
@@ -146,17 +185,23 @@ def load_training_state(
     heads: dict[str, torch.nn.Module] | None = None,
 ) -> dict[str, Any]:
     """Restores weights, heads, optimizer, scheduler and RNG from `folder`; returns counters."""
-    folder = Path(folder)
+    folder = recover(Path(folder))
     state_path = folder / "trainer_state.pt"
     if not state_path.is_file():
         raise DataError(
             f"cannot resume: {str(state_path)!r} does not exist; start without --resume"
         )
+    try:  # tensors and plain containers only: a file holding pickled objects is refused
+        blob = torch.load(state_path, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise DataError(
+            f"refusing to load {str(state_path)!r}: it holds objects beyond tensors and plain "
+            f"containers ({str(err).splitlines()[0]}); only load checkpoints this program wrote"
+        ) from None
     saved = type(model).from_pretrained(str(folder / "model"))
     model.load_state_dict(saved.state_dict())
     if heads:
         load_heads(folder / "heads.safetensors", heads)
-    blob = torch.load(state_path, weights_only=True)
     optimizer.load_state_dict(blob["optimizer"])
     if scheduler is not None and blob["scheduler"] is not None:
         scheduler.load_state_dict(blob["scheduler"])
