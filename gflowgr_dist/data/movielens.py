@@ -102,23 +102,33 @@ def _read_tsv(path: Path, required: list[str], delimiter: str) -> list[dict[str,
     """Reads a RecBole atomic file; header fields look like `name:type`."""
     if not path.is_file():
         raise DataError(f"{str(path)!r} does not exist; the ml-100k folder needs it")
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        header = [h.split(":")[0] for h in next(reader, [])]
-        missing = [c for c in required if c not in header]
-        if missing:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            return _tsv_rows(csv.reader(handle, delimiter=delimiter), path, required)
+    except UnicodeDecodeError as err:
+        raise DataError(
+            f"{str(path)!r} is not UTF-8 text (byte {err.start}); is it the right file?"
+        ) from None
+    except csv.Error as err:
+        raise DataError(f"{str(path)!r} is not a readable tab-separated file: {err}") from None
+
+
+def _tsv_rows(reader, path: Path, required: list[str]) -> list[dict[str, str]]:
+    header = [h.split(":")[0] for h in next(reader, [])]
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataError(
+            f"{str(path)!r} lacks column(s) {missing}; its header has {header}. "
+            f"Expected a RecBole atomic file with {required}"
+        )
+    rows = []
+    for line_no, fields in enumerate(reader, start=2):
+        if len(fields) != len(header):
             raise DataError(
-                f"{str(path)!r} lacks column(s) {missing}; its header has {header}. "
-                f"Expected a RecBole atomic file with {required}"
+                f"{str(path)!r} line {line_no}: {len(fields)} fields, header has "
+                f"{len(header)}; the file is truncated or not tab-separated"
             )
-        rows = []
-        for line_no, fields in enumerate(reader, start=2):
-            if len(fields) != len(header):
-                raise DataError(
-                    f"{str(path)!r} line {line_no}: {len(fields)} fields, header has "
-                    f"{len(header)}; the file is truncated or not tab-separated"
-                )
-            rows.append(dict(zip(header, fields, strict=True)))
+        rows.append(dict(zip(header, fields, strict=True)))
     return rows
 
 
@@ -127,11 +137,18 @@ def _interaction_columns(
 ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
     users = [r["user_id"] for r in rows]
     items = [r["item_id"] for r in rows]
+    for key, values in (("user_id", users), ("item_id", items)):
+        if any(not v.strip() for v in values):
+            raise DataError(f"{str(path)!r}: an empty {key}; the file is damaged")
     try:
         ratings = np.array([float(r["rating"]) for r in rows], dtype=np.float32)
         stamps = np.array([int(float(r["timestamp"])) for r in rows], dtype=np.int64)
-    except ValueError as err:
-        raise DataError(f"{str(path)!r}: a rating or timestamp is not a number ({err})") from None
+    except (ValueError, OverflowError) as err:
+        raise DataError(
+            f"{str(path)!r}: a rating or timestamp is not a finite number in range ({err})"
+        ) from None
+    if not np.isfinite(ratings).all():
+        raise DataError(f"{str(path)!r}: a rating is NaN or infinite")
     return users, items, ratings, stamps
 
 
