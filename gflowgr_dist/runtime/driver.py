@@ -678,7 +678,9 @@ class DistributedRun:
     # --- checkpoints -----------------------------------------------------------------------
 
     def _next_seed(self) -> SeedState | None:
-        if self.rt.seeding != "stream":
+        # At an epoch boundary the cursor already names the next epoch, whose streams start
+        # afresh: the chain still holds the finished epoch's.
+        if self.rt.seeding != "stream" or self.cursor.epoch != self.epoch:
             return None
         done = set(self.cursor.consumed)
         left = [i for i in range(len(self.batches)) if i not in done]

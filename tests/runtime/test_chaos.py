@@ -81,6 +81,7 @@ def test_ten_random_kills_change_nothing(runtime_cfg, make_trainer, ray_cluster,
     assert len(killed) >= 10, f"only {len(killed)} kills landed during the run"
     assert {n.split("-")[0] for n in killed} == {"rollout", "reward"}
     assert result.retired == []
+    print(f"\nchaos: {len(killed)} kills {sorted(killed)}; restarts {result.restarts}")
     for epoch in (0, 1):
         ids = result.consumed_ids[epoch]
         assert sorted(ids) == _epoch_ids(cfg, trainer, epoch) and len(ids) == len(set(ids))
