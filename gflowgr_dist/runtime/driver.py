@@ -155,12 +155,16 @@ def ensure_ray(cfg: Config) -> bool:
 
     Returns whether this call started Ray (then the run shuts it down at the end).
     """
+    import sys
+
+    rt = cfg.runtime
+    address = rt.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        _keep_local_ray_on_loopback(already_imported="ray" in sys.modules)
     import ray
 
     if ray.is_initialized():
         return False
-    rt = cfg.runtime
-    address = rt.address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
         return True
@@ -171,6 +175,28 @@ def ensure_ray(cfg: Config) -> bool:
         _node_ip_address="127.0.0.1",
     )
     return True
+
+
+def _keep_local_ray_on_loopback(already_imported: bool) -> None:
+    """Makes a Ray started here listen on 127.0.0.1 only.
+
+    On Linux Ray maps 127.0.0.1 to the host's primary address and its GCS, raylet and agents
+    listen on every interface unless RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which Ray reads when
+    it is imported: set it first; if Ray was imported already (a library user's process), set
+    the constant Ray read from it. A user who exported the variable keeps their choice.
+    """
+    if os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") not in (None, "0"):
+        logger.warning(
+            "runtime: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=%s: the local Ray may listen beyond "
+            "loopback; unset it to keep Ray on 127.0.0.1",
+            os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"],
+        )
+        return
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if already_imported:
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 class DistributedRun:

@@ -37,6 +37,7 @@ def config(out: Path):
         overrides=[
             f"run.output_dir={out}", "data.max_history=8", "model.preset=tiny",
             "model.dropout=0.0", "train.batch_size=16", "train.lr=3e-3", "train.epochs=1",
+            "train.log_every=1",
             "train.num_threads=1", "train.max_eval_users=8", "eval.beam_width=10",
             "eval.ks=[5, 10]", "gfn.calibration_users=8", "gfn.sampler.num_augmented=3",
             "gfn.sampler.weights_start={random: 0.5, on_policy: 0.5}",

@@ -57,6 +57,7 @@ def test_sigkilled_driver_resumes_to_the_uninterrupted_result(tmp_path):
     assert steps >= 6
     killed_at = _kill_at_random_step(tmp_path / "kill", random.Random(11), steps)
     resumed = _result(tmp_path / "kill", "resume")
+    print(f"\nkilled at step {killed_at} of {steps}; resumed for {len(resumed['losses'])} steps")
     # The resumed run did the steps after the last complete checkpoint (step killed_at or the
     # one before, if the kill fell inside that checkpoint's write) ...
     assert steps - killed_at <= len(resumed["losses"]) <= steps - killed_at + 1

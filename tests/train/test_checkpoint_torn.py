@@ -52,6 +52,10 @@ def test_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, cap
     # The training state of A is there too: --resume would continue from it.
     blob = torch.load(tmp_path / "last/trainer_state.pt", weights_only=True)
     assert blob["state"]["epoch"] == 1
+    # Weights travel in safetensors only; the one torch file holds plain training state.
+    files = [p for p in (tmp_path / "last").rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} <= {".safetensors", ".json", ".parquet", ".yaml", ".pt"}
+    assert [p.name for p in files if p.suffix == ".pt"] == ["trainer_state.pt"]
 
 
 def test_trainer_state_holding_pickled_objects_is_refused(tmp_path):
