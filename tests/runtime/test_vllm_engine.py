@@ -94,3 +94,17 @@ def test_distributed_run_with_the_vllm_engine_trains_on_its_samples(
     assert len(result.losses) >= 2 and all(np.isfinite(x) for x in result.losses if x is not None)
     assert sum(seen) > 0  # vLLM's samples reached the learner
     assert result.counters.dropped == 0 and max(result.staleness) == 0
+
+
+def test_requests_are_cut_into_step_sized_chunks_in_order(monkeypatch):
+    from gflowgr_dist.runtime import vllm_engine
+
+    monkeypatch.setattr(vllm_engine, "STEP_TOKENS", 100)
+    monkeypatch.setattr(vllm_engine, "STEP_SEQUENCES", 12)
+    requests = [{"prompt_token_ids": list(range(n))} for n in (10, 20, 30, 5, 40, 1, 1, 1, 1)]
+    chunks = vllm_engine._step_sized(requests, count=3)
+    assert [r for chunk in chunks for r in chunk] == requests  # all, in order
+    for chunk in chunks:
+        assert len(chunk) * 3 <= 12 or len(chunk) == 1
+        assert sum(len(r["prompt_token_ids"]) * 3 for r in chunk) <= 100 or len(chunk) == 1
+    assert len(chunks) == 5
