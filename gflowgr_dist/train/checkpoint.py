@@ -19,6 +19,7 @@ renames, and deletes the torn temporary folders with a warning.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pickle
@@ -76,6 +77,18 @@ def save(folder: Path, bundle: Bundle) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's weights (names and bytes, in name order): equal iff bit-identical.
+
+    What a resumed or restarted run is compared with to prove it reached the same state.
+    """
+    sha = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        sha.update(key.encode())
+        sha.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return sha.hexdigest()
 
 
 def recover(folder: Path) -> Path:

@@ -12,7 +12,6 @@ resume: those in the checkpoint, then those after it) and a digest of the final 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -56,14 +55,6 @@ def trainer_for(cfg, out: Path) -> GflowgrTrainer:
     return GflowgrTrainer(cfg, dataset, leave_one_out(dataset, 8), table, out)
 
 
-def digest(model) -> str:
-    sha = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        sha.update(key.encode())
-        sha.update(value.detach().contiguous().numpy().tobytes())
-    return sha.hexdigest()
-
-
 def main(out: Path, mode: str) -> dict:
     torch.set_num_threads(1)
     cfg = config(out)
@@ -75,7 +66,7 @@ def main(out: Path, mode: str) -> dict:
         rng = np.random.default_rng([cfg.run.seed, 0])  # the epoch's batches, as the run cuts them
         batches = length_bucketed_batches(trainer.lengths, cfg.train.batch_size, rng)
         ids = sorted(int(i) for b in batches for i in b)
-        return {"losses": losses, "ids": ids, "digest": digest(trainer.model)}
+        return {"losses": losses, "ids": ids, "digest": checkpoint.weights_digest(trainer.model)}
     before: list[int] = []
     if mode == "resume":  # what the checkpoint's cursor says was consumed before the kill
         last = checkpoint.recover(out / "run" / "last")
@@ -93,7 +84,11 @@ def main(out: Path, mode: str) -> dict:
     finally:
         ray.shutdown()
     after = [int(i) for i in result.consumed_ids.get(0, [])]
-    return {"losses": result.losses, "ids": before + after, "digest": digest(trainer.model)}
+    return {
+        "losses": result.losses,
+        "ids": before + after,
+        "digest": checkpoint.weights_digest(trainer.model),
+    }
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ evaluation and for --resume), the torn write is ignored with a warning and remov
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import pickle
 import signal
@@ -18,14 +17,6 @@ from gflowgr_dist.errors import DataError
 from gflowgr_dist.train import checkpoint
 
 HELPER = Path(__file__).with_name("torn_checkpoint_run.py")
-
-
-def _digest(model) -> str:
-    sha = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        sha.update(key.encode())
-        sha.update(value.detach().contiguous().numpy().tobytes())
-    return sha.hexdigest()
 
 
 def _killed_while_saving(out: Path, when: str) -> str:
@@ -46,7 +37,7 @@ def test_kill_while_saving_leaves_the_previous_checkpoint_loadable(tmp_path, cap
         assert not (tmp_path / "last").exists() and ".last.old" in leftovers
     with caplog.at_level(logging.WARNING, logger="gflowgr_dist.train.checkpoint"):
         model, *_ = checkpoint.load_model(tmp_path / "last")
-    assert _digest(model) == digest_a
+    assert checkpoint.weights_digest(model) == digest_a
     assert "torn checkpoint" in caplog.text or "was being replaced" in caplog.text
     assert list(tmp_path.glob(".last.*")) == []  # nothing torn is left to confuse a later run
     # The training state of A is there too: --resume would continue from it.

@@ -8,7 +8,6 @@ Run by tests/train/test_checkpoint_torn.py, which then loads OUT/last and expect
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import sys
@@ -22,14 +21,6 @@ from gflowgr_dist.data.synthetic import load_synthetic
 from gflowgr_dist.semantic_ids import build_semantic_ids
 from gflowgr_dist.train import checkpoint
 from gflowgr_dist.train.sft import SftTrainer
-
-
-def digest(model) -> str:
-    sha = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        sha.update(key.encode())
-        sha.update(value.detach().contiguous().numpy().tobytes())
-    return sha.hexdigest()
 
 
 def die(*_args, **_kwargs):
@@ -50,7 +41,7 @@ def main(out: Path, when: str) -> None:
     )
     trainer = SftTrainer(cfg, dataset, leave_one_out(dataset, 8), table, out)
     trainer.fit()  # writes out/last: checkpoint A
-    print(f"A {digest(trainer.model)}", flush=True)
+    print(f"A {checkpoint.weights_digest(trainer.model)}", flush=True)
     with torch.no_grad():  # checkpoint B differs from A
         for param in trainer.model.parameters():
             param.add_(1.0)
