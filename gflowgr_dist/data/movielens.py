@@ -145,7 +145,7 @@ def _interaction_columns(
         stamps = np.array([int(float(r["timestamp"])) for r in rows], dtype=np.int64)
     except (ValueError, OverflowError) as err:
         raise DataError(
-            f"{str(path)!r}: a rating or timestamp is not a finite number in range ({err})"
+            f"{str(path)!r}: a rating or timestamp is not a number in range ({err})"
         ) from None
     if not np.isfinite(ratings).all():
         raise DataError(f"{str(path)!r}: a rating is NaN or infinite")
