@@ -34,7 +34,7 @@ class _Node:
     free: dict[str, float] = field(default_factory=dict)
 
     def fits(self, demand: dict[str, float]) -> bool:
-        return all(self.free.get(name, 0.0) + 1e-9 >= amount for name, amount in demand.items())
+        return _fits(self.free, demand)
 
     def take(self, demand: dict[str, float]) -> None:
         for name, amount in demand.items():

@@ -416,10 +416,8 @@ class DistributedRun:
         if len(role) == 1:
             raise RuntimeFailureError(f"actor {name} {why}; no other actor of its role is left")
         logger.error("runtime: taking actor %s out of service: %s", name, why)
-        handle = role.pop(name)
         self.retired.append(name)
-        ray.kill(handle, no_restart=True)
-        self._reissue_calls_of(name)
+        ray.kill(role.pop(name), no_restart=True)
 
     def _await_restart(self, name: str) -> None:
         """Blocks until a new process of `name` answers (calls sent meanwhile would fail).
@@ -652,14 +650,9 @@ class DistributedRun:
         """One epoch through the actors; returns (schedule used up, stopped by `stop_after`)."""
         import ray
 
-        from gflowgr_dist.train.sft import length_bucketed_batches
-
-        trainer, train, seed = self.trainer, self.cfg.train, self.cfg.run.seed
+        trainer, seed = self.trainer, self.cfg.run.seed
         self.epoch = self.cursor.epoch
-        rng = np.random.default_rng([seed, self.epoch])
-        self.batches = length_bucketed_batches(
-            trainer.lengths, train.batch_size, rng, fraction=train.epoch_fraction
-        )
+        self.batches = trainer.epoch_batches(self.epoch)
         done = set(self.cursor.consumed)
         order = [i for i in range(len(self.batches)) if i not in done]
         self.todo = deque(order)

@@ -267,13 +267,7 @@ class GflowgrTrainer(SftTrainer):
         return out
 
     def _train_batches_per_epoch(self) -> list[np.ndarray]:
-        from gflowgr_dist.train.sft import length_bucketed_batches
-
-        rng = np.random.default_rng([self.cfg.run.seed, 0])
-        train = self.cfg.train
-        return length_bucketed_batches(
-            self.lengths, train.batch_size, rng, fraction=train.epoch_fraction
-        )
+        return self.epoch_batches(0)
 
     # --- validation -----------------------------------------------------------------------
 

@@ -175,13 +175,19 @@ class SftTrainer:
         if fits < self.schedule.total_steps:
             self.schedule.total_steps = max(fits, self.state.step + 1)
 
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """The example indices of each batch of `epoch`, in order (the same in every process:
+        the distributed driver and resumed runs cut epochs with this)."""
+        cfg = self.cfg.train
+        rng = np.random.default_rng([self.cfg.run.seed, epoch])
+        return length_bucketed_batches(
+            self.lengths, cfg.batch_size, rng, fraction=cfg.epoch_fraction
+        )
+
     def _train_epoch(self) -> bool:
         """One epoch; returns True when the step horizon (epochs or time budget) is used up."""
         cfg = self.cfg.train
-        rng = np.random.default_rng([self.cfg.run.seed, self.state.epoch])
-        batches = length_bucketed_batches(
-            self.lengths, cfg.batch_size, rng, fraction=cfg.epoch_fraction
-        )
+        batches = self.epoch_batches(self.state.epoch)
         self.model.train()
         tokens, window_start = 0, time.perf_counter()
         bar = tqdm(

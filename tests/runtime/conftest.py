@@ -66,6 +66,28 @@ def make_trainer(runtime_data):
     return build
 
 
+@pytest.fixture(scope="session")
+def fit_single():
+    """`fit_single(trainer)` -> the per-step losses of the single-process trainer's whole run
+    (the reference the S = 0 runtime must reproduce)."""
+    from gflowgr_dist.tracking import read_metrics
+
+    def fit(trainer):
+        trainer.fit()
+        records = read_metrics(trainer.out_dir / "metrics.jsonl")
+        return [r["gfn/loss"] for r in records if "gfn/loss" in r]
+
+    return fit
+
+
+@pytest.fixture(scope="session")
+def epoch_ids():
+    """`epoch_ids(trainer, epoch)` -> sorted example ids the epoch's batches hold."""
+    return lambda trainer, epoch=0: sorted(
+        int(i) for batch in trainer.epoch_batches(epoch) for i in batch
+    )
+
+
 def _runtime_cfg(out, *extra):
     """Tiny model, one epoch, on-policy samples in the mix (so weight syncs matter)."""
     return load_config(

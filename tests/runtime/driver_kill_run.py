@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import ray
 import torch
 
@@ -28,7 +27,6 @@ from gflowgr_dist.semantic_ids import build_semantic_ids
 from gflowgr_dist.tracking import read_metrics
 from gflowgr_dist.train import checkpoint
 from gflowgr_dist.train.gflowgr import GflowgrTrainer
-from gflowgr_dist.train.sft import length_bucketed_batches
 
 
 def config(out: Path):
@@ -63,9 +61,7 @@ def main(out: Path, mode: str) -> dict:
         trainer.fit()
         metrics = read_metrics(out / "reference/metrics.jsonl")
         losses = [r["gfn/loss"] for r in metrics if "gfn/loss" in r]
-        rng = np.random.default_rng([cfg.run.seed, 0])  # the epoch's batches, as the run cuts them
-        batches = length_bucketed_batches(trainer.lengths, cfg.train.batch_size, rng)
-        ids = sorted(int(i) for b in batches for i in b)
+        ids = sorted(int(i) for b in trainer.epoch_batches(0) for i in b)
         return {"losses": losses, "ids": ids, "digest": checkpoint.weights_digest(trainer.model)}
     before: list[int] = []
     if mode == "resume":  # what the checkpoint's cursor says was consumed before the kill

@@ -38,25 +38,11 @@ def _ship_by_value(ray_cluster):
 
 
 @pytest.fixture(scope="module")
-def single(runtime_cfg, make_trainer, tmp_path_factory):
+def single(runtime_cfg, make_trainer, fit_single, tmp_path_factory):
     """The single-process losses (the S = 0 runtime reproduces them exactly)."""
     out = tmp_path_factory.mktemp("faults")
     torch.set_num_threads(1)
-    cfg = runtime_cfg(out)
-    trainer = make_trainer(cfg, out / "single")
-    trainer.fit()
-    losses = [r["gfn/loss"] for r in read_metrics(out / "single/metrics.jsonl") if "gfn/loss" in r]
-    return losses
-
-
-def _epoch_ids(cfg, trainer, epoch=0):
-    from gflowgr_dist.train.sft import length_bucketed_batches
-
-    rng = np.random.default_rng([cfg.run.seed, epoch])
-    batches = length_bucketed_batches(
-        trainer.lengths, cfg.train.batch_size, rng, fraction=cfg.train.epoch_fraction
-    )
-    return sorted(int(i) for b in batches for i in b)
+    return fit_single(make_trainer(runtime_cfg(out), out / "single"))
 
 
 def _faulty(monkeypatch, role: str, cls: type, marker: Path) -> None:
@@ -114,7 +100,7 @@ def test_hung_sync_restarts_and_resyncs_the_actor(
 
 
 def test_actor_failing_every_sync_is_taken_out_of_service(
-    runtime_cfg, make_trainer, single, tmp_path, monkeypatch
+    runtime_cfg, make_trainer, single, tmp_path, monkeypatch, epoch_ids
 ):
     _faulty(monkeypatch, "rollout", FailingSync, tmp_path / "failed")
     cfg = runtime_cfg(tmp_path, "runtime.num_rollout_actors=2", "runtime.max_restarts=1")
@@ -122,7 +108,7 @@ def test_actor_failing_every_sync_is_taken_out_of_service(
     result = run_distributed(cfg, tmp_path / "run", trainer=trainer)
     assert result.retired == ["rollout-1"] and result.restarts["rollout-1"] == 2
     ids = result.consumed_ids[0]
-    assert sorted(ids) == _epoch_ids(cfg, trainer)  # every example once, none lost
+    assert sorted(ids) == epoch_ids(trainer)  # every example once, none lost
     np.testing.assert_allclose(result.losses, single, rtol=LOSS_RTOL, atol=0)
 
 

@@ -17,20 +17,18 @@ import torch
 
 from gflowgr_dist.runtime.driver import run_distributed
 from gflowgr_dist.tracking import read_metrics
-from gflowgr_dist.train.sft import length_bucketed_batches
 
 LOSS_RTOL = 1e-6  # measured: the losses agree exactly (0.0 difference) on this machine
 
 
 @pytest.fixture(scope="module")
-def reference(runtime_cfg, make_trainer, tmp_path_factory):
+def reference(runtime_cfg, make_trainer, fit_single, tmp_path_factory):
     """The single-process run and the uninterrupted S = 0 distributed run, once per module."""
     out = tmp_path_factory.mktemp("runtime")
     torch.set_num_threads(1)
     cfg = runtime_cfg(out)
     single = make_trainer(cfg, out / "single")
-    single.fit()
-    losses = [r["gfn/loss"] for r in read_metrics(out / "single/metrics.jsonl") if "gfn/loss" in r]
+    losses = fit_single(single)
     return {"cfg": cfg, "losses": losses, "weights": single.model.state_dict(), "out": out}
 
 
@@ -40,14 +38,6 @@ def distributed(reference, make_trainer, ray_cluster):
     trainer = make_trainer(cfg, out / "dist")
     result = run_distributed(cfg, out / "dist", trainer=trainer)
     return result, trainer
-
-
-def _epoch_ids(cfg, trainer, epoch=0):
-    rng = np.random.default_rng([cfg.run.seed, epoch])
-    batches = length_bucketed_batches(
-        trainer.lengths, cfg.train.batch_size, rng, fraction=cfg.train.epoch_fraction
-    )
-    return sorted(int(i) for b in batches for i in b)
 
 
 def test_s0_distributed_run_reproduces_single_process_losses(reference, distributed):
@@ -63,7 +53,7 @@ def test_s0_distributed_run_reproduces_single_process_losses(reference, distribu
 
 
 def test_killed_actors_are_restarted_and_nothing_is_counted_twice(
-    reference, distributed, make_trainer, tmp_path
+    reference, distributed, make_trainer, tmp_path, epoch_ids
 ):
     cfg = reference["cfg"]
     killed = []
@@ -80,13 +70,13 @@ def test_killed_actors_are_restarted_and_nothing_is_counted_twice(
     assert killed == [2]
     assert result.restarts["rollout-0"] >= 1
     ids = result.consumed_ids[0]
-    assert sorted(ids) == _epoch_ids(cfg, trainer) and len(ids) == len(set(ids))
+    assert sorted(ids) == epoch_ids(trainer) and len(ids) == len(set(ids))
     # Re-issued work starts from the same sampling streams under the same weights.
     np.testing.assert_allclose(result.losses, distributed[0].losses, rtol=LOSS_RTOL, atol=0)
 
 
 def test_resume_after_k_steps_reaches_the_uninterrupted_state(
-    reference, distributed, make_trainer, tmp_path
+    reference, distributed, make_trainer, tmp_path, epoch_ids
 ):
     cfg = reference["cfg"]
     first = make_trainer(cfg, tmp_path / "resume")
@@ -98,14 +88,14 @@ def test_resume_after_k_steps_reaches_the_uninterrupted_state(
         part.losses + rest.losses, distributed[0].losses, rtol=LOSS_RTOL, atol=0
     )
     ids = part.consumed_ids[0] + rest.consumed_ids[0]
-    assert sorted(ids) == _epoch_ids(cfg, second)
+    assert sorted(ids) == epoch_ids(second)
     final, expected = second.model.state_dict(), distributed[1].model.state_dict()
     assert all(torch.equal(final[k], expected[k]) for k in final)
     assert second.state.step == distributed[1].state.step
 
 
 def test_no_consumed_batch_is_older_than_s_and_drops_are_counted(
-    reference, make_trainer, runtime_cfg, tmp_path
+    reference, make_trainer, runtime_cfg, tmp_path, epoch_ids
 ):
     cfg = runtime_cfg(
         tmp_path,
@@ -122,4 +112,4 @@ def test_no_consumed_batch_is_older_than_s_and_drops_are_counted(
     assert result.counters.dropped > 0  # weights lag by one step every other step
     for epoch in (0, 1):
         ids = result.consumed_ids[epoch]
-        assert sorted(ids) == _epoch_ids(cfg, trainer, epoch)
+        assert sorted(ids) == epoch_ids(trainer, epoch)
