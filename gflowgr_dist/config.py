@@ -375,6 +375,16 @@ class GfnConfig(_Section):
         "stop", description="Non-finite reward or loss: stop the run, or skip the step."
     )
     calibration_users: int = Field(200, ge=0, description="Held-out users for calibration.")
+    targets_per_window: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description=(
+            "Decoder windows: how many of each window's targets, drawn at random per step, "
+            "get augmented trajectories and the GFlowNet / preference term (the SFT loss "
+            "covers all). None: every target. Cuts a step's sampling and scoring cost."
+        ),
+    )
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
 

@@ -74,16 +74,19 @@ def score_decoder_windows(
     trie: SidTrie,
     codes: np.ndarray,
     user_tokens: list[int | None] | None = None,
+    positions: np.ndarray | None = None,
 ) -> ScoredTrajectories:
-    """Scores every target of `windows` and its augmented items in one forward pass.
+    """Scores the targets of `windows` and their augmented items in one forward pass.
 
     Args:
-        windows: training windows; their targets, in `window_targets` order, are the E examples.
+        windows: training windows; the SFT loss covers all their targets.
         augmented: augmented items per example, [E, N] (N may be 0).
+        positions: (window, item position) of the E examples, [E, 2]; None: every target of
+            every window, in `window_targets` order.
         sid_tokens: token ids of every item's ID, [I, L].
         codes: codes of every item's ID, [I, L] (for the trie).
     """
-    rows, cols = window_targets(windows)
+    rows, cols = window_targets(windows) if positions is None else positions.T
     targets = np.array([windows[r].items[c] for r, c in zip(rows, cols, strict=True)])
     items = np.concatenate([targets[:, None], augmented], axis=1)  # [E, T]
     packed = _pack(windows, rows, cols, items, sid_tokens, vocab, user_tokens)

@@ -50,6 +50,8 @@ class TrajectoryBatch:
         cf_scores: CF score of each item normalised per example into [0, 1], [E, T] or None.
         policy_version: the learner version whose weights sampled the batch.
         progress: training progress p ∈ [0, 1] the sampler's schedule used.
+        positions: (window in the chunk, item position in it) of each example, [E, 2], for
+            decoder windows; None for T5 examples (one per chunk entry).
     """
 
     example_ids: np.ndarray
@@ -61,6 +63,7 @@ class TrajectoryBatch:
     cf_scores: np.ndarray | None
     policy_version: int = 0
     progress: float = 0.0
+    positions: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -87,12 +90,42 @@ class TrajectorySource:
         self.sampler = TrajectorySampler(gfn.sampler, dataset.num_items)
         self.logs = user_logs(dataset, gfn.sampler.liked_rating)
 
-    def unpack(self, chunk: list[Any]) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
-        """(users [E], histories, targets [E]) of a batch of training examples."""
+    def positions(self, chunk: list[Any], rng: np.random.Generator) -> np.ndarray | None:
+        """(window, item position) of every example that gets trajectories, [E, 2].
+
+        Every target of a decoder window is an example; with `gfn.targets_per_window = k` a
+        random k of each window's targets are (the SFT loss still covers all of them), which
+        cuts the sampling and scoring work of a step about in proportion. No random draw is
+        made when every target is kept, so such runs match runs without the option. None for
+        T5 examples, one per chunk entry.
+        """
+        if self.seq2seq:
+            return None
+        rows, cols = window_targets(chunk)
+        keep = self.gfn.targets_per_window
+        if keep is None or all(w.num_targets <= keep for w in chunk):
+            return np.stack([rows, cols], axis=1)
+        chosen = []
+        for index, window in enumerate(chunk):
+            # Each window's kept targets, in order.
+            picks = np.arange(len(window.items) - window.num_targets, len(window.items))
+            if len(picks) > keep:
+                picks = np.sort(rng.choice(picks, keep, replace=False))
+            chosen.append(np.stack([np.full(len(picks), index), picks], axis=1))
+        return np.concatenate(chosen)
+
+    def unpack(
+        self, chunk: list[Any], positions: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+        """(users [E], histories, targets [E]) of a batch of training examples.
+
+        Decoder windows: the examples at `positions` (`TrajectorySource.positions`), every
+        target of every window when None.
+        """
         if self.seq2seq:
             users, histories, targets = zip(*chunk, strict=True)
             return np.array(users), list(histories), np.array(targets)
-        rows, cols = window_targets(chunk)
+        rows, cols = window_targets(chunk) if positions is None else positions.T
         users = np.array([chunk[r].user for r in rows])
         histories = [chunk[r].items[:c] for r, c in zip(rows, cols, strict=True)]
         targets = np.array([chunk[r].items[c] for r, c in zip(rows, cols, strict=True)])
@@ -131,7 +164,8 @@ class TrajectorySource:
         num_augmented: int | None = None,
     ) -> TrajectoryBatch:
         """Samples the augmented items of every example of `chunk` and stamps the batch."""
-        users, histories, targets = self.unpack(chunk)
+        positions = self.positions(chunk, rng)
+        users, histories, targets = self.unpack(chunk, positions)
         batch = self.example_batch(users, histories, targets)
         augmentation = self.augment(batch, histories, progress, rng, generator, num_augmented)
         items = np.concatenate([targets[:, None], augmentation.items], axis=1)  # [E, T]
@@ -150,6 +184,7 @@ class TrajectorySource:
             cf_scores=cf,
             policy_version=policy_version,
             progress=progress,
+            positions=positions,
         )
 
     def augment(

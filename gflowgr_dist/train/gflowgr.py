@@ -145,15 +145,15 @@ class GflowgrTrainer(SftTrainer):
         `log_rewards` [E, T] comes from a reward stage when one ran elsewhere; without it the
         rewards are computed here. Returns (None, {}) for a step skipped on a non-finite value.
         """
-        _, histories, _ = self.source.unpack(chunk)
-        scored = self._score(chunk, histories, batch.targets, batch.items[:, 1:])
+        _, histories, _ = self.source.unpack(chunk, batch.positions)
+        scored = self._score(chunk, histories, batch, batch.items)
         log_pf_sum = scored.log_pf.sum(-1)
         rewards = None
         if log_rewards is None or self.gfn.reward.score == "lm" or self.gfn.algorithm == "grpo":
             log_rewards, rewards = trajectory_rewards(self.reward, batch, log_pf_sum)
         if not self._finite({"log_rewards": log_rewards, "log_pf": scored.log_pf}):
             return None, {}
-        loss, extra = self._objective(chunk, histories, scored, batch.items, log_rewards, rewards)
+        loss, extra = self._objective(chunk, histories, batch, scored, log_rewards, rewards)
         if not self._finite({"loss": loss}):
             return None, {}
         extra |= self._step_metrics(log_rewards, batch)
@@ -163,28 +163,35 @@ class GflowgrTrainer(SftTrainer):
         self,
         chunk: list[Any],
         histories: list[np.ndarray],
-        targets: np.ndarray,
-        augmented: np.ndarray,
+        batch: TrajectoryBatch,
+        items: np.ndarray,
         model=None,
     ) -> ScoredTrajectories:
-        """One packed forward pass over every trajectory of the batch (gfn/scoring.py)."""
+        """One packed forward pass over `items` [E, T] (column 0 the positives) of the
+        examples of `batch` (gfn/scoring.py)."""
         model = model or self.model
         codes = self.table.codes
         if self.seq2seq:
-            items = np.concatenate([targets[:, None], augmented], axis=1)
             return score_seq2seq(
                 model, histories, items, self.sid_tokens, self.vocab, self.trie, codes
             )
         return score_decoder_windows(
-            model, chunk, augmented, self.sid_tokens, self.vocab, self.trie, codes
+            model,
+            chunk,
+            items[:, 1:],
+            self.sid_tokens,
+            self.vocab,
+            self.trie,
+            codes,
+            positions=batch.positions,
         )
 
     def _objective(
         self,
         chunk: list[Any],
         histories: list[np.ndarray],
+        batch: TrajectoryBatch,
         scored: ScoredTrajectories,
-        items: np.ndarray,
         log_rewards: Tensor,
         rewards: Tensor,
     ) -> tuple[Tensor, dict[str, float]]:
@@ -195,7 +202,7 @@ class GflowgrTrainer(SftTrainer):
             return scored.loss_sft, {"loss_sft": scored.loss_sft.item()}
         if algorithm in ("dpo", "sdpo", "grpo"):
             with torch.no_grad():
-                ref = self._score(chunk, histories, items[:, 0], items[:, 1:], model=self.reference)
+                ref = self._score(chunk, histories, batch, batch.items, model=self.reference)
             ref_sum = ref.log_pf.sum(-1)
             if algorithm == "dpo":
                 per = preference.dpo_loss(log_pf_sum, ref_sum, self.gfn.dpo_beta)
@@ -301,7 +308,7 @@ class GflowgrTrainer(SftTrainer):
         batch = self.source.build(chunk, keep, 1.0, rng, num_augmented=7)
         was_training = self.model.training
         self.model.eval()
-        scored = self._score(chunk, histories, targets, batch.items[:, 1:])
+        scored = self._score(chunk, histories, batch, batch.items)
         self.model.train(was_training)
         items = batch.items
         log_rewards, _ = trajectory_rewards(self.reward, batch, scored.log_pf.sum(-1))

@@ -51,7 +51,12 @@ def test_bench_gfn_cost_prints_the_ratio(tmp_path, capsys):
     ]
     assert main(["run", *base, "--set", "train.epochs=1"]) == 0
     capsys.readouterr()
-    assert main(["bench", "gfn-cost", *base, "--steps", "2"]) == 0
+    subset = ["--set", "gfn.targets_per_window=1", "--set", "train.window_stride=4"]
+    assert main(["bench", "gfn-cost", *base, *subset, "--steps", "2"]) == 0
     out = capsys.readouterr().out
     ratio = float(re.search(r"GFlowGR / SFT epoch time\s+([0-9.]+)x", out).group(1))
     assert ratio > 0.5, out  # GFlowGR does strictly more work per step than SFT
+    # Both GFlowGR rows, measured in the same run, each split into sampling and learner time.
+    for label in ("every target", "1 target / window"):
+        row = re.search(rf"{label}\)\s+([0-9.]+) s\s+\(sampling ([0-9.]+) s, learner", out)
+        assert row and float(row.group(1)) >= float(row.group(2)) > 0, out

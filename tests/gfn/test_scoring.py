@@ -108,3 +108,31 @@ def test_seq2seq_scores_equal_plain_forward_passes(setup):
                 logits = model(**batch).logits[0]
                 want = _oracle_log_pf(list(logits[: vocab.num_levels]), codes[item], trie, vocab)
                 np.testing.assert_allclose(scored.log_pf[e, t].numpy(), want, atol=1e-4)
+
+
+def test_a_subset_of_targets_scores_as_the_same_rows_of_the_full_pass(setup):
+    codes, table, trie, rng = setup
+    model, vocab = build_backbone(
+        ModelConfig(preset="tiny", dropout=0.0),
+        table.codebook_sizes,
+        table.level_names,
+        max_history=6,
+    )
+    model.eval()
+    sid_tokens = vocab.item_tokens(codes)
+    windows = training_windows(
+        [rng.integers(0, 40, n) for n in (9, 12)], [0, 1], max_history=6, stride=3
+    )
+    rows, cols = window_targets(windows)
+    augmented = rng.integers(0, 40, (len(rows), 2))
+    keep = np.array([e for e in range(len(rows)) if e % 2 == 0])  # every other target
+    positions = np.stack([rows[keep], cols[keep]], axis=1)
+    with torch.no_grad():
+        full = score_decoder_windows(model, windows, augmented, sid_tokens, vocab, trie, codes)
+        part = score_decoder_windows(
+            model, windows, augmented[keep], sid_tokens, vocab, trie, codes, positions=positions
+        )
+    # The SFT loss still covers every target; the kept examples score as in the full pass.
+    torch.testing.assert_close(part.loss_sft, full.loss_sft, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(part.log_pf, full.log_pf[keep], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(part.context, full.context[keep], atol=1e-5, rtol=1e-5)

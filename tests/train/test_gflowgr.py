@@ -149,3 +149,42 @@ def test_resume_reaches_the_same_weights_and_heads(tmp_path, data, monkeypatch):
         b = getattr(resumed, module).state_dict()
         for name in a:
             torch.testing.assert_close(a[name], b[name], msg=f"{module}.{name}")
+
+
+def _first_chunk(trainer):
+    return [trainer.examples[i] for i in trainer.epoch_batches(0)[0]]
+
+
+def test_targets_per_window_gives_trajectories_to_a_random_subset_of_targets(tmp_path, data):
+    trainer = _trainer(tmp_path, data, "gfn.targets_per_window=2")
+    chunk = _first_chunk(trainer)
+    assert max(w.num_targets for w in chunk) > 2
+    batches = [
+        trainer.source.build(chunk, np.arange(len(chunk)), 0.0, np.random.default_rng(seed))
+        for seed in (0, 1)
+    ]
+    for batch in batches:
+        # Each window keeps min(2, its targets) distinct targets, and they are its targets.
+        counts = np.bincount(batch.positions[:, 0], minlength=len(chunk))
+        np.testing.assert_array_equal(counts, [min(2, w.num_targets) for w in chunk])
+        assert len({tuple(p) for p in batch.positions}) == len(batch.positions)
+        for (w, c), target in zip(batch.positions, batch.targets, strict=True):
+            assert len(chunk[w].items) - chunk[w].num_targets <= c < len(chunk[w].items)
+            assert chunk[w].items[c] == target
+        loss, extra = trainer.learner_loss(chunk, batch)
+        assert torch.isfinite(loss) and np.isfinite(extra["loss_gfn"])
+    assert not np.array_equal(batches[0].positions, batches[1].positions)
+
+
+def test_keeping_every_target_is_the_run_without_the_option(tmp_path, data):
+    plain = _trainer(tmp_path, data, name="plain")
+    every = _trainer(tmp_path, data, "gfn.targets_per_window=10000", name="every")
+    chunk = _first_chunk(plain)
+    a, b = (
+        t.source.build(chunk, np.arange(len(chunk)), 0.3, np.random.default_rng(5))
+        for t in (plain, every)
+    )
+    assert len(a.targets) == sum(w.num_targets for w in chunk)
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_array_equal(a.strategies, b.strategies)
