@@ -81,14 +81,21 @@ class Stepper:
 
     @torch.no_grad()
     def advance(
-        self, state: DecodeState, rows: torch.Tensor, tokens: torch.Tensor
+        self, state: DecodeState, rows: torch.Tensor | None, tokens: torch.Tensor
     ) -> tuple[torch.Tensor, DecodeState]:
-        """Keeps cache rows `rows` [R] and feeds `tokens` [R]; returns log-probs [R, V]."""
-        rows, tokens = rows.to(self.device), tokens.to(self.device)
-        state.cache.reorder_cache(rows)
-        mask = state.attention_mask[rows]
+        """Keeps cache rows `rows` [R] and feeds `tokens` [R]; returns log-probs [R, V].
+
+        `rows=None` keeps every row in place: no copy of the cache (it is the step's largest
+        memory traffic when rows only continue).
+        """
+        tokens = tokens.to(self.device)
+        if rows is not None:
+            rows = rows.to(self.device)
+            state.cache.reorder_cache(rows)
+        keep = (lambda x: x) if rows is None else (lambda x: x[rows])
+        mask = keep(state.attention_mask)
         if self.encoder_decoder:
-            hidden = state.encoder_hidden[rows]
+            hidden = keep(state.encoder_hidden)
             out = self.model(
                 encoder_outputs=(hidden,),
                 attention_mask=mask,
@@ -98,8 +105,8 @@ class Stepper:
             )
             new = DecodeState(out.past_key_values, mask, encoder_hidden=hidden)
             return out.logits[:, -1].float().log_softmax(-1), new
-        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
-        position = state.next_position[rows]
+        mask = torch.cat([mask, mask.new_ones(len(tokens), 1)], dim=1)
+        position = keep(state.next_position)
         out = self.model(
             input_ids=tokens[:, None],
             attention_mask=mask,

@@ -22,7 +22,7 @@ from gflowgr_dist.config import STRATEGIES, GfnConfig
 from gflowgr_dist.data.schema import RecDataset
 from gflowgr_dist.data.split import training_sequences
 from gflowgr_dist.decoding import ItemRanker
-from gflowgr_dist.decoding.sampling import sample_sids
+from gflowgr_dist.decoding.sampling import sample_sids, sample_sids_in_windows
 from gflowgr_dist.gfn.reward import RewardModel, lm_score, normalise_per_row
 from gflowgr_dist.gfn.sampler import (
     CLICKED,
@@ -33,7 +33,13 @@ from gflowgr_dist.gfn.sampler import (
     TrajectorySampler,
 )
 from gflowgr_dist.gfn.scoring import window_targets
-from gflowgr_dist.models.prompts import decoder_prompts, encoder_prompts
+from gflowgr_dist.models.prompts import (
+    Window,
+    collate_decoder_windows,
+    decoder_prompts,
+    encoder_prompts,
+)
+from gflowgr_dist.models.vocab import SidVocab
 
 
 @dataclass
@@ -167,7 +173,10 @@ class TrajectorySource:
         positions = self.positions(chunk, rng)
         users, histories, targets = self.unpack(chunk, positions)
         batch = self.example_batch(users, histories, targets)
-        augmentation = self.augment(batch, histories, progress, rng, generator, num_augmented)
+        windows = None if self.seq2seq else WindowPrefixes(chunk, positions)
+        augmentation = self.augment(
+            batch, histories, progress, rng, generator, num_augmented, windows
+        )
         items = np.concatenate([targets[:, None], augmentation.items], axis=1)  # [E, T]
         levels = np.concatenate([batch.target_levels[:, None], augmentation.levels], axis=1)
         cf = None
@@ -195,6 +204,7 @@ class TrajectorySource:
         rng: np.random.Generator,
         generator: torch.Generator | None,
         num_augmented: int | None = None,
+        windows: WindowPrefixes | None = None,
     ) -> Augmentation:
         count = len(batch.targets)
         if num_augmented is not None:  # an explicit count (calibration) always uses the sampler
@@ -208,20 +218,14 @@ class TrajectorySource:
             return Augmentation(empty, empty, empty)
         if self.gfn.algorithm == "grpo":
             rows = np.arange(count)
-            items = self.policy_samples(histories, rows, self.gfn.grpo_group, generator)
+            items = self.policy_samples(histories, rows, self.gfn.grpo_group, generator, windows)
             on_policy = np.full(items.shape, STRATEGIES.index("on_policy"))
             return Augmentation(items, np.full(items.shape, UNOBSERVED), on_policy)
 
         def on_policy_fn(rows: np.ndarray, n: int) -> np.ndarray:
-            return self.policy_samples(histories, rows, n, generator)
+            return self.policy_samples(histories, rows, n, generator, windows)
 
-        sampler = self.sampler
-        if num_augmented is not None:
-            update = {"num_augmented": num_augmented}
-            sampler = TrajectorySampler(
-                self.gfn.sampler.model_copy(update=update), sampler.num_items
-            )
-        return sampler.sample(batch, progress, rng, on_policy_fn)
+        return self.sampler.sample(batch, progress, rng, on_policy_fn)
 
     def policy_samples(
         self,
@@ -229,26 +233,57 @@ class TrajectorySource:
         rows: np.ndarray,
         count: int,
         generator: torch.Generator | None,
+        windows: WindowPrefixes | None = None,
     ) -> np.ndarray:
-        """`count` items per example sampled from the current policy under the trie, [R, n]."""
+        """`count` items per example sampled from the current policy under the trie, [R, n].
+
+        With `windows` (decoder backbones), each example's prompt is read as a prefix of its
+        training window: one prefill per window instead of one per example.
+        """
         ranker = self.ranker
-        build = encoder_prompts if self.seq2seq else decoder_prompts
-        prompts = build([histories[r] for r in rows], ranker.sid_tokens, ranker.vocab)
         model: PreTrainedModel = ranker.model
         was_training = model.training
         model.eval()
-        codes = sample_sids(
-            ranker.stepper,
-            prompts,
-            ranker.trie,
-            ranker.vocab,
-            num_samples=count,
-            temperature=self.gfn.sampler.temperature,
-            generator=generator,
-        )
+        options = {
+            "num_samples": count,
+            "temperature": self.gfn.sampler.temperature,
+            "generator": generator,
+        }
+        if windows is not None:
+            prompts, window_rows, starts = windows.prompts(rows, ranker.sid_tokens, ranker.vocab)
+            codes = sample_sids_in_windows(
+                ranker.stepper, prompts, window_rows, starts, ranker.trie, ranker.vocab, **options
+            )
+        else:
+            build = encoder_prompts if self.seq2seq else decoder_prompts
+            prompts = build([histories[r] for r in rows], ranker.sid_tokens, ranker.vocab)
+            codes = sample_sids(ranker.stepper, prompts, ranker.trie, ranker.vocab, **options)
         model.train(was_training)
         sid = ranker.trie.sid_index(codes.view(-1, codes.shape[-1])).numpy()
         return ranker.items_by_sid[sid, 0].reshape(len(rows), count)
+
+
+@dataclass
+class WindowPrefixes:
+    """The examples of a batch of decoder windows as prefixes of those windows.
+
+    Attributes:
+        chunk: the training windows.
+        positions: (window, item position) of each example, [E, 2].
+    """
+
+    chunk: list[Window]
+    positions: np.ndarray
+
+    def prompts(
+        self, rows: np.ndarray, sid_tokens: np.ndarray, vocab: SidVocab
+    ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """The windows examples `rows` [R] lie in, and each row's (window, start) in them."""
+        used, window_rows = np.unique(self.positions[rows, 0], return_inverse=True)
+        prompts = collate_decoder_windows([self.chunk[w] for w in used], sid_tokens, vocab)
+        # The target's first token follows <bos> and the items before it.
+        starts = 1 + self.positions[rows, 1] * vocab.num_levels
+        return prompts, torch.from_numpy(window_rows), torch.from_numpy(starts)
 
 
 def trajectory_rewards(

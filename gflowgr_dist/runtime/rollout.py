@@ -184,7 +184,9 @@ class VllmEngine(HfEngine):
         )
         self.source.policy_samples = self._policy_samples  # vLLM replaces the HF sampler only
 
-    def _policy_samples(self, histories, rows, count, generator) -> np.ndarray:
+    def _policy_samples(self, histories, rows, count, generator, windows=None) -> np.ndarray:
+        # vLLM reads each prompt itself; its prefix cache shares what windows would share.
+        del windows
         temperature = self.source.gfn.sampler.temperature
         codes = self.sample_codes([histories[r] for r in rows], count, temperature, generator)
         return self._items(codes)

@@ -182,3 +182,43 @@ def test_trie_normalised_beam_matches_trie_normalised_exact(ranker):
     # Restricted to the trie, the IDs' probabilities sum to one.
     full = ranker.rank(histories[:1], k=50, ranker="exact", trie_normalised=True)
     assert np.exp(full.scores[0]).sum() == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("ranker", ["decoder"], indirect=True)  # windows are decoder rows
+def test_sampling_in_windows_equals_sampling_from_each_prompt(ranker):
+    # One forward pass per training window serves every target's prompt (its prefix), and the
+    # samples grow as branches of the window's cache: the draws under the same generator equal
+    # per-prompt sampling, greedy and at temperature 1.
+    from gflowgr_dist.decoding.sampling import sample_sids, sample_sids_in_windows
+    from gflowgr_dist.gfn.scoring import window_targets
+    from gflowgr_dist.gfn.trajectories import WindowPrefixes
+    from gflowgr_dist.models.prompts import decoder_prompts, training_windows
+
+    rng = np.random.default_rng(3)
+    sequences = [rng.integers(0, 50, n) for n in (9, 4, 12)]
+    windows = training_windows(sequences, [0, 1, 2], max_history=8, stride=3)
+    positions = np.stack(window_targets(windows), axis=1)
+    rows = np.array([0, 2, 3, len(positions) - 1])  # some examples, several windows
+    histories = [windows[w].items[:c] for w, c in positions[rows]]
+    prompts = decoder_prompts(histories, ranker.sid_tokens, ranker.vocab)
+    packed = WindowPrefixes(windows, positions).prompts(rows, ranker.sid_tokens, ranker.vocab)
+
+    args = (ranker.trie, ranker.vocab)
+    for temperature in (0.0, 1.0):
+        want = sample_sids(
+            ranker.stepper,
+            prompts,
+            *args,
+            num_samples=50,
+            temperature=temperature,
+            generator=torch.Generator().manual_seed(1),
+        )
+        got = sample_sids_in_windows(
+            ranker.stepper,
+            *packed,
+            *args,
+            num_samples=50,
+            temperature=temperature,
+            generator=torch.Generator().manual_seed(1),
+        )
+        assert torch.equal(got, want), temperature
