@@ -105,7 +105,7 @@ def score_decoder_windows(
 
     # The state predicting each code of each trajectory, then log P_F under the trie.
     at = packed["step_position"].to(device)  # [E, T, L]
-    row = torch.as_tensor(rows, device=device)[:, None, None].expand_as(at)
+    row = torch.tensor(rows, device=device)[:, None, None].expand_as(at)
     step_hidden = hidden[row, at]  # [E, T, L, H]
     logits = head(step_hidden).float()  # [E, T, L, V]
     log_pf = trie_log_pf(logits, torch.as_tensor(codes[items], device=device), vocab, trie)

@@ -31,6 +31,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -259,6 +260,8 @@ class DistributedRun:
         self.consumed_ids: dict[int, list[int]] = {}
         self.reward_turn = 0
         self.sync_seconds = 0.0
+        # The learner's step runs here while the driver thread keeps the pipeline moving.
+        self.step_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="learner-step")
         self.window = {"tokens": 0, "rollout_s": 0.0, "idle_s": 0.0, "started": time.perf_counter()}
         # Whole-run sums of the same quantities (the runtime benchmark reads them).
         self.totals = {
@@ -541,19 +544,24 @@ class DistributedRun:
 
     def _wait(self) -> None:
         """Blocks until one outstanding call finishes; raises naming a late actor and phase."""
-        import ray
-
         if not self.pending:
             raise RuntimeFailureError(
                 f"runtime stalled: nothing in flight, {len(self.todo)} batches to issue, "
                 f"{len(self.reissue)} to re-issue, buffer empty (epoch {self.epoch})"
             )
-        now = time.monotonic()
         nearest = min(p.deadline for p in self.pending.values())
+        self._poll(max(0.0, nearest - time.monotonic()), idle=True)
+
+    def _poll(self, timeout: float, *, idle: bool) -> None:
+        """Handles the calls that finish within `timeout` s, or restarts an actor past its
+        deadline. `idle`: the learner has nothing to do meanwhile (counted as idle time)."""
+        import ray
+
         started = time.perf_counter()
-        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=max(0.0, nearest - now))
-        self.window["idle_s"] += time.perf_counter() - started
-        self.totals["idle_s"] += time.perf_counter() - started
+        ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=timeout)
+        if idle:
+            self.window["idle_s"] += time.perf_counter() - started
+            self.totals["idle_s"] += time.perf_counter() - started
         if not ready:
             late = [p for p in self.pending.values() if p.deadline <= time.monotonic()]
             if late:
@@ -565,13 +573,33 @@ class DistributedRun:
         for ref in ready:
             self._complete(ref)
 
+    def _step_serving(self, scored: ScoredBatch) -> StepOutcome:
+        """The learner's step on a helper thread while this thread keeps the pipeline moving.
+
+        Rollouts that finish during the step go on to a reward actor, and scored batches into
+        the buffer, at once rather than after the step, so the next batch is waiting when the
+        step ends. Only this thread touches the driver's state; the helper runs the step alone.
+        Re-syncing a restarted actor meanwhile sends the weights of the last sync (an object
+        already in the store), never the ones the optimizer is writing.
+        """
+        future = self.step_pool.submit(self.learner.step, scored)
+        while not future.done():
+            self._issue()
+            if not self.pending:
+                break
+            nearest = min(p.deadline for p in self.pending.values())
+            self._poll(min(0.05, max(0.0, nearest - time.monotonic())), idle=False)
+        return future.result()
+
     def _consume(self, group: list[ScoredBatch]) -> StepOutcome:
         """One learner step on `group` (one batch per learner replica), then its accounting."""
         version = self.learner.version
         if self.learner.workers:
             outcome = self.learner.step_group(group)
-        else:
+        elif self.nccl is not None:  # a resync would broadcast weights being written: inline
             outcome = self.learner.step(group[0])
+        else:
+            outcome = self._step_serving(group[0])
         lags = [version - scored.policy_version for scored in group]
         for scored, lag in zip(group, lags, strict=True):
             self._account(scored, lag)
@@ -805,6 +833,7 @@ class DistributedRun:
             ray.wait(leaving, num_returns=len(leaving), timeout=30)
             if dist.is_initialized():
                 dist.destroy_process_group()
+        self.step_pool.shutdown(wait=True)
         workers = list(self.learner.workers.values())
         for handle in [*self.rollouts.values(), *self.rewards.values(), self.buffer, *workers]:
             ray.kill(handle, no_restart=True)

@@ -36,15 +36,20 @@ def _oracle_log_pf(logits_per_level, code, trie, vocab):
     return np.array(out)
 
 
-def test_packed_decoder_scores_equal_plain_forward_passes(setup):
-    codes, table, trie, rng = setup
+def _tiny_decoder(table):
+    """A tiny decoder in eval mode (no dropout) over the table's codes, and its vocabulary."""
     model, vocab = build_backbone(
         ModelConfig(preset="tiny", dropout=0.0),
         table.codebook_sizes,
         table.level_names,
         max_history=6,
     )
-    model.eval()
+    return model.eval(), vocab
+
+
+def test_packed_decoder_scores_equal_plain_forward_passes(setup):
+    codes, table, trie, rng = setup
+    model, vocab = _tiny_decoder(table)
     sid_tokens = vocab.item_tokens(codes)
     sequences = [rng.integers(0, 40, n) for n in (9, 4, 12)]
     windows = training_windows(sequences, [0, 1, 2], max_history=6, stride=3)
@@ -112,13 +117,7 @@ def test_seq2seq_scores_equal_plain_forward_passes(setup):
 
 def test_a_subset_of_targets_scores_as_the_same_rows_of_the_full_pass(setup):
     codes, table, trie, rng = setup
-    model, vocab = build_backbone(
-        ModelConfig(preset="tiny", dropout=0.0),
-        table.codebook_sizes,
-        table.level_names,
-        max_history=6,
-    )
-    model.eval()
+    model, vocab = _tiny_decoder(table)
     sid_tokens = vocab.item_tokens(codes)
     windows = training_windows(
         [rng.integers(0, 40, n) for n in (9, 12)], [0, 1], max_history=6, stride=3

@@ -113,3 +113,44 @@ def test_no_consumed_batch_is_older_than_s_and_drops_are_counted(
     for epoch in (0, 1):
         ids = result.consumed_ids[epoch]
         assert sorted(ids) == epoch_ids(trainer, epoch)
+
+
+def test_rollouts_and_rewards_are_handled_while_the_learner_steps(
+    runtime_cfg, make_trainer, tmp_path, epoch_ids, monkeypatch
+):
+    # The learner's step runs on a helper thread while the driver thread passes finished
+    # rollouts to the reward actors and scored batches to the buffer, so the next batch waits
+    # for the learner rather than the other way round.
+    import time
+
+    from gflowgr_dist.runtime.driver import DistributedRun
+    from gflowgr_dist.runtime.learner import Learner
+
+    stepping, during = {"now": False}, []
+    step, complete = Learner.step, DistributedRun._complete
+
+    def slow_step(self, scored):
+        stepping["now"] = True
+        time.sleep(0.3)  # a learner step long enough for the next rollout to finish within it
+        try:
+            return step(self, scored)
+        finally:
+            stepping["now"] = False
+
+    def recording_complete(self, ref):
+        during.append(stepping["now"])
+        return complete(self, ref)
+
+    monkeypatch.setattr(Learner, "step", slow_step)
+    monkeypatch.setattr(DistributedRun, "_complete", recording_complete)
+    cfg = runtime_cfg(
+        tmp_path,
+        "runtime.max_staleness=1",
+        "runtime.num_rollout_actors=2",
+        "runtime.seeding=per_batch",
+    )
+    trainer = make_trainer(cfg, tmp_path / "overlap")
+    result = run_distributed(cfg, tmp_path / "overlap", trainer=trainer)
+    assert any(during), "no rollout or reward call was handled during a learner step"
+    assert max(result.staleness) <= 1
+    assert sorted(result.consumed_ids[0]) == epoch_ids(trainer, 0)
