@@ -1,0 +1,48 @@
+"""`gflowgr bench runtime` on a tiny checkpoint, against the session's Ray cluster: every mode
+runs the same number of learner steps and the table and ratios it prints are consistent."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gflowgr_dist.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_bench_runtime_prints_every_mode_side_by_side(tmp_path, capsys, ray_cluster):
+    base = [
+        "--config",
+        str(REPO / "configs/synthetic.yaml"),
+        "--set",
+        f"run.output_dir={tmp_path}",
+        "--set",
+        "logging.progress=false",
+        "--set",
+        "model.preset=tiny",
+        "--set",
+        "data.max_history=8",
+        "--set",
+        "sasrec.epochs=2",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "runtime.actor_cpus=0.1",
+    ]
+    assert main(["run", *base, "--set", "train.epochs=1", "--set", "run.finetune=false"]) == 0
+    capsys.readouterr()
+    assert main(["bench", "runtime", *base, "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = {}
+    for mode in ("local", "sync", "async"):
+        found = re.search(rf"^{mode}\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)\s+(\d+)$",
+                          out, re.M)  # fmt: skip
+        assert found, out
+        rows[mode] = [float(x) for x in found.groups()]
+    for mode, (traj_s, idle, _, sync_pct, tok_s) in rows.items():
+        assert traj_s > 0 and tok_s > 0 and 0 <= idle <= 100 and 0 <= sync_pct <= 100, (mode, out)
+    assert rows["local"][1] == 0.0 and rows["local"][3] == 0.0  # one process: no wait, no sync
+    ratio = float(re.search(r"async / sync trajectories/s\s+([0-9.]+)x", out).group(1))
+    assert abs(ratio - rows["async"][0] / rows["sync"][0]) < 0.01 * ratio + 0.01, out
+    assert re.search(r"buffer: batched entries [0-9,]+ traj/s, Ray queue per trajectory", out)
