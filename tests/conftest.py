@@ -32,3 +32,19 @@ def ml100k_available() -> None:
 @pytest.fixture(scope="session")
 def synthetic():
     return load_synthetic(SyntheticConfig(num_users=60, num_items=40, num_clusters=4), seed=3)
+
+
+@pytest.fixture
+def synthetic_cli(tmp_path) -> list[str]:
+    """CLI options of a tiny synthetic run in tmp_path (the benchmark tests start from it)."""
+    overrides = {
+        "run.output_dir": tmp_path,
+        "logging.progress": "false",
+        "model.preset": "tiny",
+        "data.max_history": 8,
+        "sasrec.epochs": 2,
+    }
+    options = ["--config", str(REPO / "configs/synthetic.yaml")]
+    for key, value in overrides.items():
+        options += ["--set", f"{key}={value}"]
+    return options

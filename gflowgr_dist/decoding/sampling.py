@@ -144,13 +144,13 @@ def _sample(
 ) -> torch.Tensor:
     """Walks the trie from started prompts (log_probs [B, V]) over the stepper's cache."""
     batch = log_probs.shape[0]
-    rows = torch.arange(batch).repeat_interleave(num_samples)  # [B*n]
-    fan_out = [rows]  # the first step fans each prompt's cache out to its n samples
+    fan_out = torch.arange(batch).repeat_interleave(num_samples)  # [B*n]
 
     def advance(level: int, tokens: torch.Tensor) -> torch.Tensor:
         nonlocal state
-        keep = fan_out.pop() if fan_out else None  # later steps continue every row in place
-        log_probs, state = stepper.advance(state, keep, tokens)
+        # The first step fans each prompt's cache out to its n samples; later ones continue
+        # every row in place.
+        log_probs, state = stepper.advance(state, fan_out if level == 0 else None, tokens)
         return log_probs
 
     codes = _walk(log_probs, advance, trie, vocab, num_samples, temperature, generator)

@@ -3,26 +3,12 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from gflowgr_dist.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def test_bench_decode_prints_side_by_side(tmp_path, capsys):
-    base = [
-        "--config",
-        str(REPO / "configs/synthetic.yaml"),
-        "--set",
-        f"run.output_dir={tmp_path}",
-        "--set",
-        "logging.progress=false",
-        "--set",
-        "model.preset=tiny",
-        "--set",
-        "data.max_history=8",
-    ]
+def test_bench_decode_prints_side_by_side(tmp_path, capsys, synthetic_cli):
+    base = synthetic_cli
     assert main(["run", *base, "--set", "train.epochs=1"]) == 0
     capsys.readouterr()
     assert main(["bench", "decode", *base, "--users", "24", "--batch-size", "8"]) == 0
@@ -34,21 +20,8 @@ def test_bench_decode_prints_side_by_side(tmp_path, capsys):
     assert (tmp_path / "sft-decoder/eval_test_exact.parquet").is_file()
 
 
-def test_bench_gfn_cost_prints_the_ratio(tmp_path, capsys):
-    base = [
-        "--config",
-        str(REPO / "configs/synthetic.yaml"),
-        "--set",
-        f"run.output_dir={tmp_path}",
-        "--set",
-        "logging.progress=false",
-        "--set",
-        "model.preset=tiny",
-        "--set",
-        "data.max_history=8",
-        "--set",
-        "sasrec.epochs=2",
-    ]
+def test_bench_gfn_cost_prints_the_ratio(tmp_path, capsys, synthetic_cli):
+    base = synthetic_cli
     assert main(["run", *base, "--set", "train.epochs=1"]) == 0
     capsys.readouterr()
     subset = ["--set", "gfn.targets_per_window=1", "--set", "train.window_stride=4"]

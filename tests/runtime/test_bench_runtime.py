@@ -4,32 +4,13 @@ runs the same number of learner steps and the table and ratios it prints are con
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from gflowgr_dist.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def test_bench_runtime_prints_every_mode_side_by_side(tmp_path, capsys, ray_cluster):
-    base = [
-        "--config",
-        str(REPO / "configs/synthetic.yaml"),
-        "--set",
-        f"run.output_dir={tmp_path}",
-        "--set",
-        "logging.progress=false",
-        "--set",
-        "model.preset=tiny",
-        "--set",
-        "data.max_history=8",
-        "--set",
-        "sasrec.epochs=2",
-        "--set",
-        "train.batch_size=16",
-        "--set",
-        "runtime.actor_cpus=0.1",
-    ]
+def test_bench_runtime_prints_every_mode_side_by_side(tmp_path, capsys, ray_cluster, synthetic_cli):
+    small = ["--set", "train.batch_size=16", "--set", "runtime.actor_cpus=0.1"]
+    base = [*synthetic_cli, *small]
     assert main(["run", *base, "--set", "train.epochs=1", "--set", "run.finetune=false"]) == 0
     capsys.readouterr()
     assert main(["bench", "runtime", *base, "--steps", "2"]) == 0
