@@ -9,7 +9,12 @@ trie, which is what makes overlap worth having):
 - `async`: the Ray runtime with S = `--staleness` and S + 1 rollout actors (the next batches
   are sampled while the learner trains).
 
-Printed per mode: trajectories learned per second, learner idle %, weight-sync seconds per sync
+With `--engines hf,vllm` the two Ray modes run again with the vLLM engine (`sync-vllm`,
+`async-vllm`), where generation is a larger share of a step.
+
+Printed per mode: trajectories learned per second, learner idle %, learner seconds per step
+(its own compute: what overlap cannot hide, and what contention for cores inflates), weight-sync
+seconds per sync
 against a raw in-memory copy of the same state dict, sync share of step time, and rollout
 tokens/s for each engine. Then the trajectory buffer's throughput (our batched entries against
 a `ray.util.queue.Queue` with one entry per trajectory). The first learner step of each mode is
@@ -67,7 +72,7 @@ def bench_local(cfg: Config, out: Path, steps: int) -> dict[str, Any]:
     batches = length_bucketed_batches(trainer.lengths, cfg.train.batch_size, rng)
     _need_batches(batches, steps)
     trainer.model.train()
-    trajectories, rollout_s, tokens, started = 0, 0.0, 0, 0.0
+    trajectories, rollout_s, learn_s, tokens, started = 0, 0.0, 0.0, 0, 0.0
     for index, members in enumerate(batches[: steps + 1]):
         # Rollout stage, timed on its own for tokens/s.
         if index == 1:
@@ -88,6 +93,7 @@ def bench_local(cfg: Config, out: Path, steps: int) -> dict[str, Any]:
         if index:
             trajectories += batch.num_trajectories
             rollout_s += t1 - t0
+            learn_s += time.perf_counter() - t1
             tokens += _tokens(batch, trainer)
     wall = time.perf_counter() - started
     return {
@@ -97,6 +103,7 @@ def bench_local(cfg: Config, out: Path, steps: int) -> dict[str, Any]:
         "trajectories_per_s": trajectories / wall,
         "rollout_tokens_per_s": tokens / max(rollout_s, 1e-9),
         "idle_pct": 0.0,
+        "learn_s_per_step": learn_s / steps,
         "sync_s_per_sync": 0.0,
         "sync_share_pct": 0.0,
     }
@@ -139,6 +146,7 @@ def bench_distributed(cfg: Config, out: Path, steps: int, mode: str) -> dict[str
         "trajectories_per_s": delta["trajectories"] / wall,
         "rollout_tokens_per_s": delta["tokens"] / max(delta["rollout_s"], 1e-9),
         "idle_pct": 100 * delta["idle_s"] / wall,
+        "learn_s_per_step": delta["learn_s"] / steps,
         "sync_s_per_sync": delta["sync_s"] / syncs,
         "load_s_per_sync": delta["load_s"] / syncs,
         "sync_share_pct": 100 * delta["sync_s"] / wall,
@@ -146,18 +154,18 @@ def bench_distributed(cfg: Config, out: Path, steps: int, mode: str) -> dict[str
     }
 
 
-def _bench_vllm(cfg: Config, out: Path, steps: int, staleness: int) -> dict[str, Any]:
-    """The S = 0 mode with the vLLM engine; its failure is reported beside the other rows."""
+def _bench_vllm(cfg: Config, out: Path, steps: int, staleness: int, mode: str) -> dict[str, Any]:
+    """A Ray mode with the vLLM engine; its failure is reported beside the other rows."""
     import ray
 
     from gflowgr_dist.runtime.driver import RuntimeFailureError
 
-    vllm_cfg = bench_config(cfg, "sync", staleness, engine="vllm")
+    vllm_cfg = bench_config(cfg, mode, staleness, engine="vllm")
     try:
-        return bench_distributed(vllm_cfg, out / "vllm", max(3, steps // 2), "sync")
+        return bench_distributed(vllm_cfg, out / f"{mode}-vllm", steps, mode)
     except (RuntimeFailureError, ray.exceptions.RayError) as err:
         reason = str(err).strip().splitlines()[-1][:160]
-        return {"mode": "sync-vllm", "skipped": f"{type(err).__name__}: {reason}"}
+        return {"mode": f"{mode}-vllm", "skipped": f"{type(err).__name__}: {reason}"}
 
 
 def raw_copy_seconds(cfg: Config, out: Path, repeats: int = 20) -> float:
@@ -239,29 +247,35 @@ def bench_runtime(
         for mode in ("sync", "async"):
             mode_cfg = bench_config(cfg, mode, staleness)
             rows.append(bench_distributed(mode_cfg, out / mode, steps, mode))
-        if "vllm" in engines:
+        for mode in ("sync", "async") if "vllm" in engines else ():
             if importlib.util.find_spec("vllm") is None:
-                rows.append({"mode": "sync-vllm", "skipped": "vllm is not installed"})
+                rows.append({"mode": f"{mode}-vllm", "skipped": "vllm is not installed"})
             else:
-                rows.append(_bench_vllm(cfg, out, steps, staleness))
+                rows.append(_bench_vllm(cfg, out, steps, staleness, mode))
         buffer = bench_buffer()
     finally:
         if started_ray:
             ray.shutdown()
-    by = {row["mode"]: row for row in rows}
+    by = {row["mode"]: row["trajectories_per_s"] for row in rows if "skipped" not in row}
+    ratios = {
+        "async / sync": by["async"] / by["sync"],
+        "async / single-process": by["async"] / by["local"],
+    }
+    if "async-vllm" in by and "sync-vllm" in by:
+        ratios["async-vllm / sync-vllm"] = by["async-vllm"] / by["sync-vllm"]
     return {
         "steps": steps,
         "rows": rows,
         "raw_copy_s": raw_copy_seconds(cfg, out),
-        "async_vs_sync": by["async"]["trajectories_per_s"] / by["sync"]["trajectories_per_s"],
-        "async_vs_local": by["async"]["trajectories_per_s"] / by["local"]["trajectories_per_s"],
+        "ratios": ratios,
         "buffer": buffer,
     }
 
 
 def format_runtime(result: dict[str, Any]) -> str:
     lines = [
-        f"{'mode':<12}{'traj/s':>10}{'idle %':>9}{'sync s':>9}{'sync %':>8}{'rollout tok/s':>15}"
+        f"{'mode':<12}{'traj/s':>10}{'idle %':>9}{'learn s':>9}{'sync s':>9}{'sync %':>8}"
+        f"{'rollout tok/s':>15}"
     ]
     for row in result["rows"]:
         if "skipped" in row:
@@ -269,13 +283,14 @@ def format_runtime(result: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{row['mode']:<12}{row['trajectories_per_s']:>10.1f}{row['idle_pct']:>9.1f}"
-            f"{row['sync_s_per_sync']:>9.4f}{row['sync_share_pct']:>8.2f}"
+            f"{row['learn_s_per_step']:>9.3f}{row['sync_s_per_sync']:>9.4f}{row['sync_share_pct']:>8.2f}"
             f"{row['rollout_tokens_per_s']:>15.0f}"
         )
     buffer = result["buffer"]
     lines += [
-        f"async / sync trajectories/s     {result['async_vs_sync']:.2f}x",
-        f"async / single-process          {result['async_vs_local']:.2f}x",
+        f"{name + ' trajectories/s':<32}{ratio:.2f}x" for name, ratio in result["ratios"].items()
+    ]
+    lines += [
         f"raw state-dict copy             {result['raw_copy_s']:.4f} s",
         f"buffer: batched entries {buffer['ours_traj_per_s']:,.0f} traj/s, Ray queue per "
         f"trajectory {buffer['queue_traj_per_s']:,.0f} traj/s ({buffer['ratio']:.0f}x)",
