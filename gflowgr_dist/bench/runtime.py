@@ -291,7 +291,7 @@ def format_runtime(result: dict[str, Any]) -> str:
         f"{name + ' trajectories/s':<32}{ratio:.2f}x" for name, ratio in result["ratios"].items()
     ]
     lines += [
-        f"raw state-dict copy             {result['raw_copy_s']:.4f} s",
+        f"{'raw state-dict copy':<40}{result['raw_copy_s']:.4f} s",
         f"buffer: batched entries {buffer['ours_traj_per_s']:,.0f} traj/s, Ray queue per "
         f"trajectory {buffer['queue_traj_per_s']:,.0f} traj/s ({buffer['ratio']:.0f}x)",
     ]
