@@ -288,7 +288,7 @@ def format_runtime(result: dict[str, Any]) -> str:
         )
     buffer = result["buffer"]
     lines += [
-        f"{name + ' trajectories/s':<32}{ratio:.2f}x" for name, ratio in result["ratios"].items()
+        f"{name + ' trajectories/s':<40}{ratio:.2f}x" for name, ratio in result["ratios"].items()
     ]
     lines += [
         f"{'raw state-dict copy':<40}{result['raw_copy_s']:.4f} s",
