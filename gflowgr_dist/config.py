@@ -385,6 +385,20 @@ class GfnConfig(_Section):
             "covers all). None: every target. Cuts a step's sampling and scoring cost."
         ),
     )
+    lora_rank: int = Field(
+        0,
+        ge=0,
+        le=512,
+        description="LoRA rank of the fine-tuning adapter (0: fine-tune every weight). With an "
+        "adapter the backbone is frozen, checkpoints hold the merged model plus the adapter, "
+        "and weight syncs ship the adapter only (runtime.lora_sync).",
+    )
+    lora_alpha: int = Field(16, ge=1, le=4096, description="LoRA scale numerator (alpha / rank).")
+    lora_targets: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Modules the adapter wraps (None: the attention projections of the arch).",
+    )
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
 
@@ -485,6 +499,12 @@ class RuntimeConfig(_Section):
     )
     nccl_port: int = Field(
         29_555, ge=1024, le=65_535, description="TCP port of the NCCL weight-transfer rendezvous."
+    )
+    lora_sync: Literal["adapter", "merged"] = Field(
+        "adapter",
+        description="With gfn.lora_rank > 0: adapter ships only the LoRA tensors after the "
+        "first sync (hf engines load them in place, vLLM engines hot-load them as a LoRA "
+        "adapter); merged ships the merged full weights every time.",
     )
     checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints (0: epochs).")
     actor_cpus: float = Field(0.25, gt=0.0, le=64.0, description="CPUs per rollout/reward actor.")
@@ -598,6 +618,17 @@ class Config(_Section):
                 f"semantic_ids.method='external' needs data.source='letter' (a dataset that "
                 f"ships its own index), got data.source={self.data.source!r}; "
                 "use method 'rkmeans' or 'rqvae'"
+            )
+        if self.gfn.lora_rank and self.runtime.weight_sync == "nccl":
+            raise ValueError(
+                f"gfn.lora_rank={self.gfn.lora_rank} with runtime.weight_sync='nccl': the NCCL "
+                "route sends plain full weights only; use runtime.weight_sync: object_store "
+                "(an adapter sync ships the LoRA tensors alone) or gfn.lora_rank: 0"
+            )
+        if self.gfn.lora_rank and self.model.lora_rank:
+            raise ValueError(
+                f"gfn.lora_rank={self.gfn.lora_rank} and model.lora_rank={self.model.lora_rank}: "
+                "the fine-tuning adapter goes on a plain SFT model; set model.lora_rank: 0"
             )
         return self
 

@@ -122,7 +122,7 @@ def sft(cfg: Config, *, resume: bool = False) -> dict[str, Any]:
     trainer = SftTrainer(cfg, dataset, splits, table, out)
     fit = trainer.fit(resume=resume)
     if (out / "best").exists():
-        trainer.model.load_state_dict(checkpoint.load_model(out / "best")[0].state_dict())
+        checkpoint.restore_weights(trainer.model, out / "best")
     result = trainer.evaluate("test", per_user_path=out / "eval_test.parquet")
     summary = {"train": fit, "test": result.summary}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -191,7 +191,7 @@ def gflowgr(cfg: Config, *, out: Path | None = None, resume: bool = False) -> di
     )
     fit = trainer.fit(resume=resume)
     if (out / "best").exists():
-        trainer.model.load_state_dict(checkpoint.load_model(out / "best")[0].state_dict())
+        checkpoint.restore_weights(trainer.model, out / "best")
     result = trainer.evaluate("test", per_user_path=out / "eval_test.parquet")
     calibration = trainer.calibration(out / "calibration.parquet")["pearson"]
     summary = {"train": fit, "test": result.summary | {"calibration": calibration}}

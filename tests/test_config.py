@@ -56,6 +56,17 @@ def test_every_preset_validates(preset):
         (["data.source=amazon"], r"needs data\.path and data\.name"),
         (["semantic_ids.method=external"], r"needs data\.source='letter'"),
         (["nosection.key=1"], r"nosection: unknown key; .*allowed keys in the top level"),
+        (
+            [
+                "gfn.lora_rank=4",
+                "runtime.weight_sync=nccl",
+                "runtime.engine=vllm",
+                "runtime.rollout_gpus=1",
+            ],
+            r"gfn\.lora_rank=4 with runtime\.weight_sync='nccl'.*use runtime\.weight_sync: ",
+        ),
+        (["gfn.lora_rank=4", "model.lora_rank=8"], r"set model\.lora_rank: 0"),
+        (["runtime.lora_sync=delta"], r"runtime\.lora_sync = 'delta'.*'adapter' or 'merged'"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(overrides, expected):

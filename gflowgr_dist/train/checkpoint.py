@@ -7,6 +7,8 @@ A checkpoint folder holds:
 - `sid_table.parquet`, `semantic_ids.json`: the item <-> semantic-ID table the model decodes;
 - `vocab.json`: how codes map to token ids; `config.yaml`: the run's resolved config;
 - `heads.safetensors` (GFlowGR): the log Z / flow heads and learnable reward fusion;
+- `adapter/` (GFlowGR with `gfn.lora_rank`): the LoRA adapter as a PEFT folder; `model/` then
+  holds the merged weights, and a resume loads the adapter onto the same frozen base;
 - `trainer_state.pt`: optimizer, scheduler, RNG states and counters, read back with
   `torch.load(weights_only=True)` (tensors and plain containers only; no pickle of objects).
 
@@ -36,6 +38,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrained
 
 from gflowgr_dist.config import Config
 from gflowgr_dist.errors import DataError
+from gflowgr_dist.models import lora
 from gflowgr_dist.models.vocab import SidVocab
 from gflowgr_dist.semantic_ids.table import SemanticIdTable
 
@@ -61,7 +64,7 @@ def save(folder: Path, bundle: Bundle) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        bundle.model.save_pretrained(tmp / "model", safe_serialization=True)
+        _save_model(bundle.model, tmp)
         bundle.table.save(tmp)
         (tmp / "vocab.json").write_text(json.dumps(bundle.vocab.to_dict(), indent=2))
         (tmp / "config.yaml").write_text(bundle.config.to_yaml())
@@ -77,6 +80,26 @@ def save(folder: Path, bundle: Bundle) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _save_model(model: PreTrainedModel, folder: Path) -> None:
+    """`model/` as plain transformers reads it; a LoRA model merged, its adapter beside it."""
+    if not lora.has_lora(model):
+        model.save_pretrained(folder / "model", safe_serialization=True)
+        return
+    plain = type(model)(model.config)
+    plain.load_state_dict(lora.plain_state(model, merged=True))
+    plain.save_pretrained(folder / "model", safe_serialization=True)
+    lora.save_peft_adapter(model, folder / "adapter")
+
+
+def restore_weights(model: PreTrainedModel, folder: Path) -> None:
+    """Loads the weights of checkpoint `folder` into `model` (a LoRA model: merged, B = 0)."""
+    saved = load_model(folder)[0].state_dict()
+    if lora.has_lora(model):
+        lora.load_plain_state(model, saved)
+    else:
+        model.load_state_dict(saved)
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -211,8 +234,10 @@ def load_training_state(
             f"refusing to load {str(state_path)!r}: it holds objects beyond tensors and plain "
             f"containers ({str(err).splitlines()[0]}); only load checkpoints this program wrote"
         ) from None
-    saved = type(model).from_pretrained(str(folder / "model"))
-    model.load_state_dict(saved.state_dict())
+    if lora.has_lora(model):  # the base is the frozen start checkpoint: only the adapter moved
+        lora.load_adapter(model, lora.read_peft_adapter(folder / "adapter"))
+    else:
+        model.load_state_dict(type(model).from_pretrained(str(folder / "model")).state_dict())
     if heads:
         load_heads(folder / "heads.safetensors", heads)
     optimizer.load_state_dict(blob["optimizer"])

@@ -32,11 +32,13 @@ from torch import Tensor
 from gflowgr_dist.config import STRATEGIES, Config
 from gflowgr_dist.data.schema import RecDataset
 from gflowgr_dist.data.split import Splits, split_histories
+from gflowgr_dist.errors import ConfigError
 from gflowgr_dist.gfn import losses, preference
 from gflowgr_dist.gfn.heads import FlowHead, LogZHead
 from gflowgr_dist.gfn.reward import RewardModel
 from gflowgr_dist.gfn.scoring import ScoredTrajectories, score_decoder_windows, score_seq2seq
 from gflowgr_dist.gfn.trajectories import TrajectoryBatch, TrajectorySource, trajectory_rewards
+from gflowgr_dist.models.lora import inject_lora, lora_spec
 from gflowgr_dist.models.prompts import Window
 from gflowgr_dist.semantic_ids.table import SemanticIdTable
 from gflowgr_dist.train.sft import SftTrainer
@@ -85,9 +87,23 @@ class GflowgrTrainer(SftTrainer):
         self.reference = None
         if gfn.algorithm in ("dpo", "sdpo", "grpo"):
             self.reference = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self._add_adapter()
         self._build_optimizer()
 
     # --- set-up ---------------------------------------------------------------------------
+
+    def _add_adapter(self) -> None:
+        """With `gfn.lora_rank`: LoRA adapters injected into the backbone, which freezes."""
+        spec = lora_spec(self.gfn, self.cfg.model.arch)
+        if spec is None:
+            return
+        try:
+            inject_lora(self.model, spec)
+        except ValueError as err:
+            raise ConfigError(
+                f"gfn.lora_targets={list(spec.targets)}: {str(err).splitlines()[0]}; name "
+                "modules of the backbone (e.g. q_proj, v_proj for decoders, q, v for t5)"
+            ) from None
 
     def _uses_log_z_head(self) -> bool:
         return self.gfn.algorithm == "tb" and self.gfn.log_z == "head"

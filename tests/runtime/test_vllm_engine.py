@@ -74,6 +74,39 @@ def test_vllm_actor_samples_valid_ids_and_matches_learner_greedy_after_sync(
     ray.kill(actor, no_restart=True)
 
 
+def test_vllm_hot_loads_the_lora_adapter_and_matches_learner_greedy(
+    ray_cluster, runtime_cfg, make_trainer, tmp_path
+):
+    from gflowgr_dist.models import lora
+
+    ray = ray_cluster
+    cfg = runtime_cfg(tmp_path, "runtime.engine=vllm", "gfn.lora_rank=4", "gfn.lora_alpha=16")
+    trainer = make_trainer(cfg, tmp_path / "run")  # the backbone now carries the adapter
+    actor = (
+        ray.remote(RolloutActor)
+        .options(num_cpus=0.1, runtime_env={"env_vars": VLLM_ENV})
+        .remote(_spec(cfg, trainer), "vllm-lora", "vllm")
+    )
+    histories = _histories(trainer, 12)
+    ray.get(actor.load_weights.remote(trainer.model.state_dict(), 1), timeout=300)
+    before = ray.get(actor.greedy.remote(histories), timeout=300)
+    assert np.array_equal(before, _learner_greedy(trainer, histories))
+
+    for version in (2, 3):
+        # Move the adapter alone, ship it alone, compare greedy IDs.
+        with torch.no_grad():
+            for name, p in trainer.model.named_parameters():
+                if lora.LORA_KEY in name:
+                    p.add_(torch.randn_like(p) * 0.5)
+        payload = lora.adapter_state(trainer.model)
+        assert lora.is_adapter_only(payload)
+        ray.get(actor.load_weights.remote(payload, version), timeout=300)
+        remote = ray.get(actor.greedy.remote(histories), timeout=300)
+        assert np.array_equal(remote, _learner_greedy(trainer, histories)), f"v{version}"
+    assert not np.array_equal(remote, before)  # the adapter changed what vLLM decodes
+    ray.kill(actor, no_restart=True)
+
+
 def test_distributed_run_with_the_vllm_engine_trains_on_its_samples(
     ray_cluster, runtime_cfg, make_trainer, tmp_path
 ):

@@ -123,8 +123,9 @@ class _CrashError(Exception):
     pass
 
 
-def test_resume_reaches_the_same_weights_and_heads(tmp_path, data, monkeypatch):
-    extra = ("train.epochs=2", "gfn.calibration_users=20", "model.dropout=0.1")
+@pytest.mark.parametrize("adapter", [(), ("gfn.lora_rank=4",)], ids=["full", "lora"])
+def test_resume_reaches_the_same_weights_and_heads(tmp_path, data, monkeypatch, adapter):
+    extra = ("train.epochs=2", "gfn.calibration_users=20", "model.dropout=0.1", *adapter)
     straight = _trainer(tmp_path, data, *extra, name="a")
     straight.fit()
 
@@ -188,3 +189,42 @@ def test_keeping_every_target_is_the_run_without_the_option(tmp_path, data):
     np.testing.assert_array_equal(a.positions, b.positions)
     np.testing.assert_array_equal(a.items, b.items)
     np.testing.assert_array_equal(a.strategies, b.strategies)
+
+
+def test_lora_trains_the_adapter_alone_and_checkpoints_the_merged_model(tmp_path, data):
+    from gflowgr_dist.models import lora
+    from gflowgr_dist.train import checkpoint
+
+    trainer = _trainer(tmp_path, data, "train.epochs=1", "gfn.lora_rank=4", "gfn.lora_alpha=8")
+    base = {k: v.clone() for k, v in lora.plain_state(trainer.model, merged=False).items()}
+    adapter = {k: v.clone() for k, v in lora.adapter_state(trainer.model).items()}
+    trainer.fit()
+
+    # The backbone is frozen; every adapter tensor moved (B starts at zero).
+    for key, value in lora.plain_state(trainer.model, merged=False).items():
+        torch.testing.assert_close(value, base[key], rtol=0, atol=0, msg=key)
+    assert all(not torch.equal(v, adapter[k]) for k, v in lora.adapter_state(trainer.model).items())
+
+    # best/ (the one epoch's state) is a plain model computing the trained function, with the
+    # adapter beside it; restoring it into a fresh LoRA trainer gives the same function.
+    best = tmp_path / "run" / "best"
+    plain = checkpoint.load_model(best)[0].eval()
+    assert not lora.has_lora(plain) and (best / "adapter" / "adapter_config.json").is_file()
+    ids = torch.randint(0, trainer.vocab.size, (4, 9), generator=torch.Generator().manual_seed(0))
+    trainer.model.eval()
+    with torch.no_grad():
+        expected = trainer.model(input_ids=ids).logits
+        torch.testing.assert_close(plain(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-5)
+        fresh = _trainer(tmp_path, data, "gfn.lora_rank=4", "gfn.lora_alpha=8", name="fresh")
+        checkpoint.restore_weights(fresh.model, best)
+        fresh.model.eval()
+        torch.testing.assert_close(
+            fresh.model(input_ids=ids).logits, expected, rtol=1e-4, atol=1e-5
+        )
+
+
+def test_lora_targets_that_the_backbone_lacks_are_one_config_error(tmp_path, data):
+    from gflowgr_dist.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"gfn.lora_targets=\['query'\].*q_proj"):
+        _trainer(tmp_path, data, "gfn.lora_rank=4", "gfn.lora_targets=[query]")
