@@ -10,7 +10,9 @@ trie, which is what makes overlap worth having):
   are sampled while the learner trains).
 
 With `--engines hf,vllm` the two Ray modes run again with the vLLM engine (`sync-vllm`,
-`async-vllm`), where generation is a larger share of a step.
+`async-vllm`), where generation is a larger share of a step. With a LoRA learner
+(`--set gfn.lora_rank=8`) the syncs ship the adapter alone, and `sync-merged` runs the S = 0
+mode again shipping merged full weights (`runtime.lora_sync: merged`), the payload to compare.
 
 Printed per mode: trajectories learned per second, learner idle %, learner seconds per step
 (its own compute: what overlap cannot hide, and what contention for cores inflates), weight-sync
@@ -39,7 +41,10 @@ MIX = {"on_policy": 0.5, "cf": 0.25, "random": 0.25}
 def bench_config(cfg: Config, mode: str, staleness: int, engine: str = "hf") -> Config:
     """The run's config with the benchmark's sampler mix and the mode's runtime settings."""
     weights = "{" + ", ".join(f"{k}: {v}" for k, v in MIX.items()) + "}"
+    merged = mode == "sync-merged"
+    mode = "sync" if merged else mode
     overrides = [
+        f"runtime.lora_sync={'merged' if merged else 'adapter'}",
         f"gfn.sampler.weights_start={weights}",
         f"gfn.sampler.weights_end={weights}",
         "gfn.calibration_users=0",
@@ -105,6 +110,8 @@ def bench_local(cfg: Config, out: Path, steps: int) -> dict[str, Any]:
         "idle_pct": 0.0,
         "learn_s_per_step": learn_s / steps,
         "sync_s_per_sync": 0.0,
+        "sync_mb_per_sync": 0.0,
+        "load_s_per_sync": 0.0,
         "sync_share_pct": 0.0,
     }
 
@@ -148,6 +155,7 @@ def bench_distributed(cfg: Config, out: Path, steps: int, mode: str) -> dict[str
         "idle_pct": 100 * delta["idle_s"] / wall,
         "learn_s_per_step": delta["learn_s"] / steps,
         "sync_s_per_sync": delta["sync_s"] / syncs,
+        "sync_mb_per_sync": delta["sync_bytes"] / syncs / 2**20,
         "load_s_per_sync": delta["load_s"] / syncs,
         "sync_share_pct": 100 * delta["sync_s"] / wall,
         "staleness": cfg.runtime.max_staleness,
@@ -244,7 +252,8 @@ def bench_runtime(
     rows = [bench_local(bench_config(cfg, "local", staleness), out / "local", steps)]
     started_ray = ensure_ray(cfg)
     try:
-        for mode in ("sync", "async"):
+        modes = ("sync", "async", "sync-merged") if cfg.gfn.lora_rank else ("sync", "async")
+        for mode in modes:
             mode_cfg = bench_config(cfg, mode, staleness)
             rows.append(bench_distributed(mode_cfg, out / mode, steps, mode))
         for mode in ("sync", "async") if "vllm" in engines else ():
@@ -275,7 +284,7 @@ def bench_runtime(
 def format_runtime(result: dict[str, Any]) -> str:
     lines = [
         f"{'mode':<12}{'traj/s':>10}{'idle %':>9}{'learn s':>9}{'sync s':>9}{'sync %':>8}"
-        f"{'rollout tok/s':>15}"
+        f"{'sync MB':>9}{'load s':>9}{'rollout tok/s':>15}"
     ]
     for row in result["rows"]:
         if "skipped" in row:
@@ -283,8 +292,9 @@ def format_runtime(result: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{row['mode']:<12}{row['trajectories_per_s']:>10.1f}{row['idle_pct']:>9.1f}"
-            f"{row['learn_s_per_step']:>9.3f}{row['sync_s_per_sync']:>9.4f}{row['sync_share_pct']:>8.2f}"
-            f"{row['rollout_tokens_per_s']:>15.0f}"
+            f"{row['learn_s_per_step']:>9.3f}{row['sync_s_per_sync']:>9.4f}"
+            f"{row['sync_share_pct']:>8.2f}{row['sync_mb_per_sync']:>9.3f}"
+            f"{row['load_s_per_sync']:>9.4f}{row['rollout_tokens_per_s']:>15.0f}"
         )
     buffer = result["buffer"]
     lines += [

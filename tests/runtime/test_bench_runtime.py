@@ -13,15 +13,17 @@ def test_bench_runtime_prints_every_mode_side_by_side(tmp_path, capsys, ray_clus
     base = [*synthetic_cli, *small]
     assert main(["run", *base, "--set", "train.epochs=1", "--set", "run.finetune=false"]) == 0
     capsys.readouterr()
-    assert main(["bench", "runtime", *base, "--steps", "2"]) == 0
+    lora = ["--set", "gfn.lora_rank=4"]  # adds the row that ships merged weights
+    assert main(["bench", "runtime", *base, *lora, "--steps", "2"]) == 0
     out = capsys.readouterr().out
     rows = {}
-    for mode in ("local", "sync", "async"):
+    for mode in ("local", "sync", "async", "sync-merged"):
         number = r"\s+([0-9.]+)"
-        found = re.search(rf"^{mode}{number * 5}\s+(\d+)$", out, re.M)
+        found = re.search(rf"^{mode}{number * 7}\s+(\d+)$", out, re.M)
         assert found, out
         rows[mode] = [float(x) for x in found.groups()]
-    for mode, (traj_s, idle, learn_s, _, sync_pct, tok_s) in rows.items():
+    assert 0 < rows["sync"][5] < rows["sync-merged"][5]  # MB per sync: adapter < merged
+    for mode, (traj_s, idle, learn_s, _, sync_pct, _, _, tok_s) in rows.items():
         assert traj_s > 0 and tok_s > 0 and learn_s > 0, (mode, out)
         assert 0 <= idle <= 100 and 0 <= sync_pct <= 100, (mode, out)
     assert rows["local"][1] == 0.0 and rows["local"][4] == 0.0  # one process: no wait, no sync
