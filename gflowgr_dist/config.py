@@ -224,6 +224,12 @@ class TrainConfig(_Section):
     )
     log_every: int = Field(50, ge=1, description="Optimizer steps between log lines.")
     num_threads: int | None = Field(None, ge=1, description="torch CPU threads (None = auto).")
+    device: str = Field(
+        "cpu",
+        pattern=r"^(cpu|auto|cuda(:\d+)?)$",
+        description="Where the SFT / GFlowGR trainer (and the Ray learner) computes: cpu, cuda, "
+        "cuda:N, or auto (cuda when torch sees a GPU, else cpu).",
+    )
     max_minutes: float | None = Field(
         None,
         gt=0,

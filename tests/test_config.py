@@ -67,6 +67,7 @@ def test_every_preset_validates(preset):
         ),
         (["gfn.lora_rank=4", "model.lora_rank=8"], r"set model\.lora_rank: 0"),
         (["runtime.lora_sync=delta"], r"runtime\.lora_sync = 'delta'.*'adapter' or 'merged'"),
+        (["train.device=gpu"], r"train\.device = 'gpu': String should match pattern"),
     ],
 )
 def test_bad_values_name_key_value_and_rule(overrides, expected):

@@ -297,7 +297,7 @@ def trajectory_rewards(
     if reward.cfg.score == "cf" and batch.cf_scores is not None:
         score = torch.from_numpy(batch.cf_scores)
     elif reward.cfg.score == "lm" and log_pf_sum is not None:
-        score = lm_score(log_pf_sum)
+        score = lm_score(log_pf_sum).to(reward.codes.device)  # the policy may sit on a GPU
     parts = reward.parts(torch.from_numpy(batch.items), torch.from_numpy(batch.levels), score)
     return reward.log_rewards(parts), reward(parts)
 

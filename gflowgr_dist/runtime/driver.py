@@ -291,14 +291,15 @@ class DistributedRun:
     # --- roles -----------------------------------------------------------------------------
 
     def _start_learners(self, cfg: Config, trainer) -> dict[str, Any]:
-        """Ranks 1 … N-1 of the data-parallel learners, joined with this process in gloo."""
+        """Ranks 1 … N-1 of the data-parallel learners, joined with this process (gloo; NCCL
+        between GPU learners)."""
         import ray
         import torch.distributed as dist
 
         rt = cfg.runtime
         if rt.num_learners == 1:
             return {}
-        from gflowgr_dist.runtime.learner import LearnerSpec, LearnerWorker
+        from gflowgr_dist.runtime.learner import LearnerSpec, LearnerWorker, collective_backend
         from gflowgr_dist.runtime.messages import current_node_ip
 
         model = trainer.model
@@ -307,9 +308,10 @@ class DistributedRun:
             type(model), model.config, trainer.cf_model,
         )  # fmt: skip
         spec_ref = ray.put(spec)
+        gpus = 1 if trainer.device.type == "cuda" else 0  # each replica on a GPU of its own
         workers = {
             f"learner-{rank}": ray.remote(LearnerWorker)
-            .options(num_cpus=rt.actor_cpus, max_restarts=0)
+            .options(num_cpus=rt.actor_cpus, num_gpus=gpus, max_restarts=0)
             .remote(spec_ref, rank)
             for rank in range(1, rt.num_learners)
         }
@@ -317,8 +319,8 @@ class DistributedRun:
         joins = [w.join.remote(init, rt.num_learners, rt.task_timeout_s) for w in workers.values()]
         timeout = timedelta(seconds=rt.task_timeout_s)
         try:
-            dist.init_process_group("gloo", init_method=init, rank=0, world_size=rt.num_learners,
-                                    timeout=timeout)  # fmt: skip
+            dist.init_process_group(collective_backend(trainer.device), init_method=init, rank=0,
+                                    world_size=rt.num_learners, timeout=timeout)  # fmt: skip
             ray.get(joins, timeout=rt.task_timeout_s)
         except Exception as err:
             if dist.is_initialized():
@@ -326,7 +328,7 @@ class DistributedRun:
             for handle in workers.values():
                 ray.kill(handle, no_restart=True)
             raise RuntimeFailureError(
-                f"the {rt.num_learners} data-parallel learners did not form their gloo group at "
+                f"the {rt.num_learners} data-parallel learners did not form their group at "
                 f"{init} within runtime.task_timeout_s={rt.task_timeout_s}s: {err}"
             ) from err
         return workers

@@ -1,9 +1,10 @@
 """The learner: a `GflowgrTrainer` fed with batches rolled out and scored elsewhere.
 
-It runs in the driver process. With `runtime.num_learners` = N > 1 the driver is rank 0 of a
-gloo group of N replicas (`LearnerWorker` actors are ranks 1 … N-1): each step takes N batches,
-one per rank, and every rank runs `data_parallel_step` (row-weighted gradients all-reduced in
-one collective, then the same clipped AdamW step everywhere).
+It runs in the driver process, on `train.device`. With `runtime.num_learners` = N > 1 the
+driver is rank 0 of a group of N replicas (gloo between CPU learners, NCCL between GPU ones;
+`LearnerWorker` actors are ranks 1 … N-1, one GPU each): each step takes N batches, one per
+rank, and every rank runs `data_parallel_step` (row-weighted gradients all-reduced in one
+collective, then the same clipped AdamW step everywhere).
 
 The loss is the trainer's own `learner_loss` (log P_F recomputed under the current weights, so
 stale batches need no importance weights); the one-learner step below mirrors
@@ -130,8 +131,12 @@ class Learner:
         )
 
     def state_dict(self) -> dict[str, Tensor]:
-        """The backbone's weights: all a rollout engine needs (heads stay in the learner)."""
-        return {k: v.detach() for k, v in self.trainer.model.state_dict().items()}
+        """The backbone's weights: all a rollout engine needs (heads stay in the learner).
+
+        On the host: the object store pickles a GPU tensor with its device, which an engine
+        on another GPU (or none) could not load. (The NCCL route sends GPU tensors itself.)
+        """
+        return {k: v.detach().cpu() for k, v in self.trainer.model.state_dict().items()}
 
     def sync_payload(self, *, full: bool) -> dict[str, Tensor]:
         """What a weight sync ships (`runtime.lora_sync` with a LoRA learner, else everything).
@@ -143,8 +148,10 @@ class Learner:
         if not has_lora(model):
             return self.state_dict()
         if self.trainer.cfg.runtime.lora_sync == "merged":
-            return plain_state(model, merged=True)
-        return self.state_dict() if full else adapter_state(model)
+            return {k: v.cpu() for k, v in plain_state(model, merged=True).items()}
+        if full:
+            return self.state_dict()
+        return {k: v.cpu() for k, v in adapter_state(model).items()}
 
 
 # --- data-parallel learners (runtime.num_learners > 1) -------------------------------------
@@ -201,6 +208,11 @@ class ReplicaState:
             trainer.reference.load_state_dict(self.reference)
 
 
+def collective_backend(device: torch.device) -> str:
+    """The learners' collective backend: NCCL between GPU learners, gloo between CPU ones."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
 def data_parallel_step(
     trainer: GflowgrTrainer, scored: ScoredBatch | None, total_steps: int, remote_rewards: bool
 ) -> StepOutcome:
@@ -225,7 +237,10 @@ def data_parallel_step(
         loss, extra = trainer.learner_loss(chunk, scored.batch, log_rewards)
         rows = scored.batch.items.shape[0]
     skipped = scored is not None and loss is None
-    agree = torch.tensor([rows, float(skipped), loss.item() * rows if loss is not None else 0.0])
+    agree = torch.tensor(
+        [rows, float(skipped), loss.item() * rows if loss is not None else 0.0],
+        device=trainer.device,  # NCCL reduces device tensors only
+    )
     dist.all_reduce(agree)  # [total rows, ranks that skip, row-weighted loss sum]
     total_rows, skips, loss_sum = agree.tolist()
     if skips or not total_rows:
@@ -282,12 +297,12 @@ class LearnerWorker:
         self.remote_rewards = self.trainer.gfn.reward.fusion == "sum"
 
     def join(self, init_method: str, world_size: int, timeout_s: float) -> int:
-        """Joins the gloo group (blocks until every rank has joined)."""
+        """Joins the learners' group (blocks until every rank has joined)."""
         import torch.distributed as dist
 
         dist.init_process_group(
-            "gloo", init_method=init_method, rank=self.rank, world_size=world_size,
-            timeout=timedelta(seconds=timeout_s),
+            collective_backend(self.trainer.device), init_method=init_method, rank=self.rank,
+            world_size=world_size, timeout=timedelta(seconds=timeout_s),
         )  # fmt: skip
         return self.rank
 

@@ -108,12 +108,18 @@ class RolloutEngine(Protocol):
 
 
 class HfEngine:
-    """transformers backbone + `TrajectorySource` (the single-process rollout code, unchanged)."""
+    """transformers backbone + `TrajectorySource` (the single-process rollout code, unchanged).
+
+    On the actor's GPU when Ray gave it one (`runtime.rollout_gpus`), else on the CPU.
+    """
+
+    uses_gpu = True  # the copy that samples; VllmEngine's copy only serves tables
 
     def __init__(self, spec: RolloutSpec) -> None:
         from gflowgr_dist.decoding import ItemRanker
 
-        self.model = spec.model_class(spec.model_config).eval()
+        gpu = self.uses_gpu and torch.cuda.is_available()
+        self.model = spec.model_class(spec.model_config).eval().to("cuda" if gpu else "cpu")
         self.lora = adapter_sync_spec(spec.cfg)
         if self.lora is not None:  # syncs after the first ship the adapter alone
             inject_lora(self.model, self.lora)
@@ -171,16 +177,18 @@ class HfEngine:
         load_adapter(self.model, state)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {k: v.clone() for k, v in self.model.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
 
 
 class VllmEngine(HfEngine):
     """On-policy samples from vLLM (`runtime/vllm_engine.py`); other strategies as `HfEngine`.
 
-    The HF copy is kept: the trie tables and the CF / log strategies live there, and a sync
-    updates both (the HF copy is what `state_dict` reports). Decoder backbones only: vLLM
-    serves causal LMs.
+    The HF copy is kept (on the CPU: the GPU is vLLM's): the trie tables and the CF / log
+    strategies live there, and a sync updates both (the HF copy is what `state_dict` reports).
+    Decoder backbones only: vLLM serves causal LMs.
     """
+
+    uses_gpu = False
 
     def __init__(self, spec: RolloutSpec) -> None:
         super().__init__(spec)

@@ -81,8 +81,9 @@ class GflowgrTrainer(SftTrainer):
             if hasattr(self.model.config, "hidden_size")
             else (self.model.config.d_model)
         )
-        self.log_z_head = LogZHead(hidden) if self._uses_log_z_head() else None
-        self.flow_head = FlowHead(hidden) if gfn.algorithm in ("db", "subtb") else None
+        self.log_z_head = LogZHead(hidden).to(self.device) if self._uses_log_z_head() else None
+        flows = gfn.algorithm in ("db", "subtb")
+        self.flow_head = FlowHead(hidden).to(self.device) if flows else None
         self.log_z_ready = False
         self.reference = None
         if gfn.algorithm in ("dpo", "sdpo", "grpo"):
@@ -167,6 +168,8 @@ class GflowgrTrainer(SftTrainer):
         rewards = None
         if log_rewards is None or self.gfn.reward.score == "lm" or self.gfn.algorithm == "grpo":
             log_rewards, rewards = trajectory_rewards(self.reward, batch, log_pf_sum)
+            rewards = rewards.to(self.device)
+        log_rewards = log_rewards.to(self.device)  # the reward stage runs on the CPU
         if not self._finite({"log_rewards": log_rewards, "log_pf": scored.log_pf}):
             return None, {}
         loss, extra = self._objective(chunk, histories, batch, scored, log_rewards, rewards)
@@ -328,8 +331,8 @@ class GflowgrTrainer(SftTrainer):
         self.model.train(was_training)
         items = batch.items
         log_rewards, _ = trajectory_rewards(self.reward, batch, scored.log_pf.sum(-1))
-        log_p = scored.log_pf.sum(-1).double().numpy()  # [E, T]
-        log_r = log_rewards.double().numpy()  # [E, T]
+        log_p = scored.log_pf.sum(-1).double().cpu().numpy()  # [E, T]
+        log_r = log_rewards.double().cpu().numpy()  # [E, T]
         pearson = within_user_pearson(log_p, log_r)
         log_p, log_r = log_p.reshape(-1), log_r.reshape(-1)
         if path is not None:

@@ -26,6 +26,7 @@ from gflowgr_dist.config import Config
 from gflowgr_dist.data.schema import RecDataset
 from gflowgr_dist.data.split import Splits, split_histories, training_sequences
 from gflowgr_dist.decoding import ItemRanker
+from gflowgr_dist.errors import ConfigError
 from gflowgr_dist.eval.evaluate import EvalResult, evaluate
 from gflowgr_dist.models.backbones import build_backbone, count_parameters, is_encoder_decoder
 from gflowgr_dist.models.prompts import (
@@ -60,6 +61,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_device(name: str) -> torch.device:
+    """`train.device` as a torch device; asking for a GPU torch cannot see is a config error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={name!r} but torch sees no GPU (torch {torch.__version__}, CUDA "
+            f"{torch.version.cuda}); use train.device=cpu or auto"
+        )
+    return torch.device(name)
+
+
 class SftTrainer:
     """Trains one backbone on one prepared dataset (see module docstring)."""
 
@@ -85,7 +98,8 @@ class SftTrainer:
             model, vocab = build_backbone(
                 cfg.model, table.codebook_sizes, table.level_names, cfg.data.max_history
             )
-        self.model, self.vocab = model, vocab
+        self.device = resolve_device(cfg.train.device)
+        self.model, self.vocab = model.to(self.device), vocab
         self.sid_tokens = vocab.item_tokens(table.codes)  # [I, L]
         self.user_tokens = [vocab.user_token(u) for u in dataset.user_ids]
         self.seq2seq = is_encoder_decoder(model)
@@ -231,7 +245,7 @@ class SftTrainer:
 
     def _loss(self, chunk: list[Any]) -> tuple[torch.Tensor | None, dict[str, float]]:
         """SFT: next-token cross-entropy of one batch; the dict carries `tokens` and extras."""
-        batch = self._collate(chunk)
+        batch = {k: v.to(self.device) for k, v in self._collate(chunk).items()}
         return self.model(**batch).loss, {"tokens": float(batch["attention_mask"].sum())}
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
