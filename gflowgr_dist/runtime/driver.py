@@ -256,8 +256,8 @@ class DistributedRun:
         self.pending: dict[Any, Pending] = {}
         self.latest_state_ref = None
         self.latest_version = -1
-        # Whether a sync must ship full weights: only the first one when LoRA adapters sync
-        # alone (runtime.lora_sync: adapter), every one otherwise.
+        # The last full payload: a restarted engine loads it before an adapter-only one
+        # (runtime.lora_sync: adapter). None until the first sync, which is always full.
         self.base_state_ref, self.base_version = None, -1
         self.losses: list[float | None] = []
         self.staleness: list[int] = []

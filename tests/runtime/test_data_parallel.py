@@ -55,12 +55,13 @@ def _assert_same(left: dict, right: dict) -> None:
     assert worst <= ATOL, f"replicas differ by {worst}"
 
 
+@pytest.mark.parametrize("adapter", [(), ("gfn.lora_rank=4",)], ids=["full", "lora"])
 def test_one_data_parallel_step_equals_one_step_on_both_batches(
-    ray_cluster, runtime_cfg, make_trainer, tmp_path
+    ray_cluster, runtime_cfg, make_trainer, tmp_path, adapter
 ):
     ray = ray_cluster
     torch.set_num_threads(1)
-    cfg = runtime_cfg(tmp_path, "runtime.num_learners=2")
+    cfg = runtime_cfg(tmp_path, "runtime.num_learners=2", *adapter)
     rank0, oracle = make_trainer(cfg, tmp_path / "r0"), make_trainer(cfg, tmp_path / "oracle")
     for trainer in (rank0, oracle):  # log Z's bias stays at its (shared) initial value
         trainer.log_z_ready = True

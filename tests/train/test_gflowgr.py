@@ -228,3 +228,17 @@ def test_lora_targets_that_the_backbone_lacks_are_one_config_error(tmp_path, dat
 
     with pytest.raises(ConfigError, match=r"gfn.lora_targets=\['query'\].*q_proj"):
         _trainer(tmp_path, data, "gfn.lora_rank=4", "gfn.lora_targets=[query]")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("algorithm", ["tb", "db"])
+def test_gflowgr_steps_on_the_gpu_match_the_cpu(tmp_path, data, algorithm, first_losses):
+    mix = "{random: 0.4, cf: 0.3, on_policy: 0.3}"  # on-policy: sampling on the GPU too
+    extra = (f"gfn.algorithm={algorithm}", f"gfn.sampler.weights_start={mix}",
+             f"gfn.sampler.weights_end={mix}")  # fmt: skip
+    runs = {}
+    for device in ("cpu", "cuda"):
+        trainer = _trainer(tmp_path, data, *extra, f"train.device={device}", name=device)
+        runs[device] = first_losses(trainer, 3)
+        assert next(trainer.model.parameters()).device.type == device
+    np.testing.assert_allclose(runs["cuda"], runs["cpu"], rtol=2e-3)

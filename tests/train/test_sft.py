@@ -129,3 +129,36 @@ def test_time_budget_shrinks_the_schedule_so_lr_reaches_zero(tmp_path, data):
     assert trainer.schedule.total_steps == trainer.state.step
     assert trainer.scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)
     assert fit["train_minutes"] < 0.05 * 1.5
+
+
+# --- train.device (the GPU checks skip where torch sees no GPU) ------------------------------
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_gpu_device_without_a_gpu_is_one_config_error(tmp_path, data):
+    from gflowgr_dist.errors import ConfigError
+
+    dataset, splits, table = data
+    with pytest.raises(ConfigError, match=r"train\.device='cuda' but torch sees no GPU.*cpu"):
+        SftTrainer(_cfg(tmp_path, "train.device=cuda"), dataset, splits, table, tmp_path)
+
+
+def test_auto_device_is_the_gpu_when_there_is_one(tmp_path, data):
+    dataset, splits, table = data
+    trainer = SftTrainer(_cfg(tmp_path, "train.device=auto"), dataset, splits, table, tmp_path)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert trainer.device.type == next(trainer.model.parameters()).device.type == expected
+
+
+@needs_gpu
+def test_sft_and_evaluation_on_the_gpu_match_the_cpu(tmp_path, data, first_losses):
+    dataset, splits, table = data
+    results = {}
+    for device in ("cpu", "cuda"):
+        cfg = _cfg(tmp_path, f"train.device={device}")
+        trainer = SftTrainer(cfg, dataset, splits, table, tmp_path / device)
+        results[device] = (first_losses(trainer, 5), trainer.evaluate("valid").summary["ndcg@10"])
+    np.testing.assert_allclose(results["cuda"][0], results["cpu"][0], rtol=2e-3)
+    assert abs(results["cuda"][1] - results["cpu"][1]) < 0.02
