@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -324,6 +325,14 @@ def _positive(text: str) -> int:
     return value
 
 
+def _quiet_hf_progress_bars() -> None:
+    """`logging.progress: false` also silences transformers' own bars (checkpoint save / load),
+    here and in the Ray workers this process starts (they inherit the environment)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -336,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             datefmt="%H:%M:%S",
         )
+        if not cfg.logging.progress:
+            _quiet_hf_progress_bars()
         if cfg.train.num_threads:
             import torch
 
