@@ -16,11 +16,10 @@ mode again shipping merged full weights (`runtime.lora_sync: merged`), the paylo
 
 Printed per mode: trajectories learned per second, learner idle %, learner seconds per step
 (its own compute: what overlap cannot hide, and what contention for cores inflates), weight-sync
-seconds per sync
-against a raw in-memory copy of the same state dict, sync share of step time, and rollout
-tokens/s for each engine. Then the trajectory buffer's throughput (our batched entries against
-a `ray.util.queue.Queue` with one entry per trajectory). The first learner step of each mode is
-a warm-up and is not timed.
+seconds per sync against a raw in-memory copy of the same state dict, sync share of step time,
+megabytes and engine load seconds per sync, and rollout tokens/s for each engine. Then the
+trajectory buffer's throughput (our batched entries against a `ray.util.queue.Queue` with one
+entry per trajectory). The first learner step of each mode is a warm-up and is not timed.
 """
 
 from __future__ import annotations

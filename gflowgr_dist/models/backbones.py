@@ -134,13 +134,13 @@ def load_pretrained(
 
 def apply_lora(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
     """Wraps `model` in a LoRA adapter; the new SID embeddings and output rows stay trainable."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lora = LoraConfig(
-        r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
+    from gflowgr_dist.models.lora import LoraSpec
+
+    spec = LoraSpec(cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets))
+    lora = spec.peft_config(
         lora_dropout=cfg.dropout,
-        target_modules=cfg.lora_targets,
         modules_to_save=["embed_tokens", "lm_head"],
         task_type="CAUSAL_LM",
     )

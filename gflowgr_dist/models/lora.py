@@ -9,7 +9,7 @@ trainer, the decoders and the KV-cached sampler see the same module tree with Lo
 Three views of such a model:
 - `adapter_state`: the adapter tensors only (what a weight sync ships after the first one);
 - `plain_state`: base weights under the plain model's names, with the delta merged or not
-  (`merged=True` is what checkpoints' `model/` holds, loadable by plain transformers);
+  (`save_plain(merged=True)` writes checkpoints' `model/`, loadable by plain transformers);
 - `save_peft_adapter`: the adapter as a PEFT folder (adapter_config.json +
   adapter_model.safetensors), which `peft.PeftModel.from_pretrained` and vLLM's `LoRARequest`
   both read.
@@ -41,16 +41,18 @@ class LoraSpec:
     def scaling(self) -> float:
         return self.alpha / self.rank
 
-    def peft_config(self):
+    def peft_config(self, **extra):
+        """peft's `LoraConfig` for this adapter; `extra` adds or overrides its fields."""
         from peft import LoraConfig
 
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.alpha,
-            target_modules=list(self.targets),
-            lora_dropout=0.0,  # the sampler and the learner must see the same function
-            bias="none",
-        )
+        fields = {
+            "r": self.rank,
+            "lora_alpha": self.alpha,
+            "target_modules": list(self.targets),
+            "lora_dropout": 0.0,  # the sampler and the learner must see the same function
+            "bias": "none",
+        }
+        return LoraConfig(**(fields | extra))
 
 
 def lora_spec(gfn, arch: str) -> LoraSpec | None:
@@ -107,6 +109,13 @@ def plain_state(model: nn.Module, *, merged: bool) -> dict[str, Tensor]:
             key = f"{name}.weight"
             state[key] = state[key] + layer.get_delta_weight(ADAPTER).detach()
     return state
+
+
+def save_plain(model: nn.Module, folder: Path, *, merged: bool) -> None:
+    """Writes `plain_state(model, merged=...)` as a plain transformers model folder, without
+    building a second model (save_pretrained takes the state dict; it pops from it, so the
+    dict is its own)."""
+    model.save_pretrained(folder, state_dict=plain_state(model, merged=merged))
 
 
 def load_plain_state(model: nn.Module, state: dict[str, Tensor]) -> None:

@@ -32,7 +32,7 @@ from vllm.lora.request import LoRARequest
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor
 from vllm.v1.sample.logits_processor.builtin import process_dict_updates
 
-from gflowgr_dist.models.lora import LoraSpec, plain_state, save_peft_adapter
+from gflowgr_dist.models.lora import LoraSpec, save_peft_adapter, save_plain
 from gflowgr_dist.models.prompts import decoder_prompts
 
 # The request argument naming the trie file a request is constrained by (absent: unconstrained).
@@ -145,9 +145,7 @@ class VllmGenerator:
         if lora is None:
             model.save_pretrained(self.folder, safe_serialization=True)
         else:  # vLLM reads the plain architecture; the adapter is hot-loaded per sync
-            plain = type(model)(model.config)
-            plain.load_state_dict(plain_state(model, merged=False))
-            plain.save_pretrained(self.folder, safe_serialization=True)
+            save_plain(model, self.folder, merged=False)
         trie = ranker.trie
         children = [table.numpy() for table in trie.children]
         self.trie_path = str(

@@ -87,9 +87,7 @@ def _save_model(model: PreTrainedModel, folder: Path) -> None:
     if not lora.has_lora(model):
         model.save_pretrained(folder / "model", safe_serialization=True)
         return
-    plain = type(model)(model.config)
-    plain.load_state_dict(lora.plain_state(model, merged=True))
-    plain.save_pretrained(folder / "model", safe_serialization=True)
+    lora.save_plain(model, folder / "model", merged=True)
     lora.save_peft_adapter(model, folder / "adapter")
 
 
